@@ -1,0 +1,1 @@
+"""Consumer workers that subscribe to Avionté events on the bus."""

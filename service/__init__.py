@@ -1,0 +1,1 @@
+"""The Avionté webhook receiver: authenticate each delivery and publish it to RabbitMQ."""

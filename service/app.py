@@ -1,0 +1,163 @@
+"""The HTTP application: the webhook endpoint and the probes, built by a factory."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from service import envelope
+from service.auth import Authenticator
+from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_message
+from service.errors import InvalidEnvelope, PublishFailed, Unauthorized
+from service.publisher import AmqpPublisher, Publisher
+from service.settings import Settings
+
+WEBHOOK_PATH = "/webhooks/avionte"
+# Avionté retries on its own schedule; this hints other senders not to hammer a recovering broker.
+RETRY_AFTER_SECONDS = "5"
+
+log = structlog.get_logger("service.delivery")
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Whether the receiver is draining for shutdown."""
+
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the webhook handler needs, fixed when the app is built."""
+
+    settings: Settings
+    names: BusNames
+    authenticator: Authenticator
+    publisher: Publisher
+    lifecycle: Lifecycle = field(default_factory=Lifecycle)
+
+
+CONTEXT = web.AppKey("context", Context)
+
+
+def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(payload), content_type="application/json", headers=headers
+    )
+
+
+def _unavailable() -> web.Response:
+    return _json(503, {"status": "unavailable"}, **{"Retry-After": RETRY_AFTER_SECONDS})
+
+
+async def receive(request: web.Request) -> web.Response:
+    """Authenticate a delivery, publish it with a confirm, and answer; log one line for it."""
+    started = time.perf_counter()
+    ctx = request.app[CONTEXT]
+    structlog.contextvars.clear_contextvars()
+    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": request.remote}
+
+    def done(response: web.Response, outcome: str) -> web.Response:
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        log.info(
+            "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
+        )
+        return response
+
+    if ctx.lifecycle.draining:
+        return done(_unavailable(), "draining")
+    limit = ctx.settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
+
+    try:
+        method = ctx.authenticator.authenticate(
+            body,
+            api_key=request.headers.get("X-api-key"),
+            signature=request.headers.get("X-Payload-Signature"),
+        )
+    except Unauthorized:
+        return done(_json(401, {"status": "unauthorized"}), "unauthorized")
+
+    receipt = Receipt(line["delivery_id"], method, datetime.now(UTC))
+    line["auth"] = str(method)
+    message: Outgoing
+    try:
+        parsed = envelope.parse(body)
+    except InvalidEnvelope as invalid:
+        message, outcome = invalid_message(ctx.names, body, invalid.reason, receipt), "quarantined"
+        line["reason"] = invalid.reason
+    else:
+        message, outcome = event_message(ctx.names, parsed, body, receipt), "accepted"
+        line.update(
+            event_name=parsed.event_name,
+            routing_key=parsed.routing_key,
+            tenant_id=parsed.tenant_id,
+        )
+    line["message_id"] = message.message_id
+
+    try:
+        await ctx.publisher.publish(message)
+    except PublishFailed as failure:
+        line["error"] = type(failure).__name__
+        return done(_unavailable(), "unavailable")
+    except Exception:
+        # Nothing was stored, so the only honest answer is a deliberate 503.
+        log.exception("publish raised unexpectedly", **line)
+        return done(_unavailable(), "unavailable")
+    return done(_json(200, {"status": outcome, "id": message.message_id}), outcome)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return _json(200, {"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: deliveries can be stored durably and the receiver is not shutting down."""
+    ctx = request.app[CONTEXT]
+    broker = "connected" if ctx.publisher.ready else "disconnected"
+    ready = ctx.publisher.ready and not ctx.lifecycle.draining
+    payload = {
+        "status": "ready" if ready else "not_ready",
+        "broker": broker,
+        "draining": ctx.lifecycle.draining,
+    }
+    return _json(200 if ready else 503, payload)
+
+
+async def _publisher_lifetime(app: web.Application) -> AsyncIterator[None]:
+    publisher = app[CONTEXT].publisher
+    await publisher.start()
+    yield
+    await publisher.close()
+
+
+def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web.Application:
+    """Build the receiver. Tests pass their own `publisher`; otherwise it talks to AMQP_URL."""
+    names = BusNames(settings.bus_prefix)
+    if publisher is None:
+        publisher = AmqpPublisher(settings.amqp_url.value, names, timeout=settings.publish_timeout)
+    authenticator = Authenticator(
+        api_keys=[key.value for key in settings.api_keys],
+        shared_secrets=[secret.value for secret in settings.shared_secrets],
+    )
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    app[CONTEXT] = Context(settings, names, authenticator, publisher)
+    app.cleanup_ctx.append(_publisher_lifetime)
+    app.router.add_post(WEBHOOK_PATH, receive)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

@@ -1,0 +1,93 @@
+"""The bus contract: exchange and queue names, and the message built for each delivery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from aiormq import spec
+from pamqp.common import FieldTable
+
+from service.auth import AuthMethod
+from service.envelope import Envelope, body_digest
+
+PERSISTENT = 2
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class BusNames:
+    """Every exchange and queue name under one prefix."""
+
+    prefix: str
+
+    @property
+    def events(self) -> str:
+        """The topic exchange every event is published to."""
+        return f"{self.prefix}.events"
+
+    @property
+    def unrouted(self) -> str:
+        """The alternate exchange, and its queue, for events no consumer is bound to."""
+        return f"{self.prefix}.unrouted"
+
+    @property
+    def invalid(self) -> str:
+        """The quarantine queue for authenticated deliveries that cannot be parsed."""
+        return f"{self.prefix}.invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message ready for the broker: where it goes, its body and its properties."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: spec.Basic.Properties
+
+    @property
+    def message_id(self) -> str:
+        return str(self.properties.message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the receiver knows of a delivery besides its body."""
+
+    delivery_id: str
+    auth: AuthMethod
+    received_at: datetime
+
+    def headers(self) -> FieldTable:
+        received = self.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        return {"x-received-at": received, "x-delivery-id": self.delivery_id, "x-auth": self.auth}
+
+
+def event_message(names: BusNames, envelope: Envelope, body: bytes, receipt: Receipt) -> Outgoing:
+    """The message for a parsed event, routed by its normalized name."""
+    headers: FieldTable = {"x-event-name": envelope.event_name, **receipt.headers()}
+    if envelope.tenant_id is not None:
+        headers["x-tenant-id"] = envelope.tenant_id
+    properties = spec.Basic.Properties(
+        content_type=CONTENT_TYPE,
+        delivery_mode=PERSISTENT,
+        message_id=envelope.message_id,
+        message_type=envelope.event_name,
+        timestamp=receipt.received_at,
+        headers=headers,
+    )
+    return Outgoing(names.events, envelope.routing_key, body, properties)
+
+
+def invalid_message(names: BusNames, body: bytes, reason: str, receipt: Receipt) -> Outgoing:
+    """The message that quarantines a delivery which cannot be routed."""
+    properties = spec.Basic.Properties(
+        content_type=CONTENT_TYPE,
+        delivery_mode=PERSISTENT,
+        message_id=body_digest(body),
+        timestamp=receipt.received_at,
+        headers={"x-invalid-reason": reason, **receipt.headers()},
+    )
+    # The default exchange routes by queue name, straight into the quarantine queue.
+    return Outgoing("", names.invalid, body, properties)

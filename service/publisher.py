@@ -1,0 +1,162 @@
+"""Confirmed publishing to RabbitMQ, behind one small seam.
+
+The receiver keeps its own connection loop rather than aio-pika's robust
+connection: it must know at every moment whether a confirm is possible, to
+answer `/readyz` and to fail fast with 503, while a robust channel makes a
+publish wait for the reconnection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Protocol
+
+import aio_pika
+import aiormq
+import structlog
+from aiormq import spec
+from aiormq.abc import AbstractChannel
+from yarl import URL
+
+from service.bus import BusNames, Outgoing
+from service.errors import (
+    BrokerUnavailable,
+    PublishNacked,
+    PublishReturned,
+    PublishTimeout,
+)
+from service.topology import declare_receiver_topology
+
+log = structlog.get_logger(__name__)
+
+# A stalled link is noticed after about two heartbeats, unless AMQP_URL sets its own.
+DEFAULT_HEARTBEAT = 10
+CONNECT_TIMEOUT = 10.0
+RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+class Publisher(Protocol):
+    """What the HTTP handler needs from the bus."""
+
+    @property
+    def ready(self) -> bool:
+        """True while a publish can be confirmed."""
+
+    async def start(self) -> None:
+        """Begin connecting; returns without waiting for the broker."""
+
+    async def close(self) -> None:
+        """Stop and release the connection."""
+
+    async def publish(self, message: Outgoing) -> None:
+        """Return once the broker confirmed the message; raise `PublishFailed` otherwise."""
+
+
+class AmqpPublisher:
+    """Publishes persistent, mandatory messages with confirms over one supervised connection."""
+
+    def __init__(self, url: str, names: BusNames, *, timeout: float) -> None:
+        parsed = URL(url)
+        if "heartbeat" not in parsed.query:
+            parsed = parsed.update_query(heartbeat=DEFAULT_HEARTBEAT)
+        self._url = parsed
+        self._names = names
+        self._timeout = timeout
+        self._channel: AbstractChannel | None = None
+        self._connected = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"AmqpPublisher(prefix={self._names.prefix!r}, ready={self.ready})"
+
+    @property
+    def ready(self) -> bool:
+        channel = self._channel
+        return channel is not None and not channel.is_closed
+
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="amqp-publisher")
+
+    async def wait_ready(self) -> None:
+        """Wait until a connection is up and the topology declared."""
+        await self._connected.wait()
+
+    async def close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+            self._supervisor = None
+
+    async def publish(self, message: Outgoing) -> None:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            raise BrokerUnavailable
+        try:
+            async with asyncio.timeout(self._timeout):
+                confirm = await channel.basic_publish(
+                    message.body,
+                    exchange=message.exchange,
+                    routing_key=message.routing_key,
+                    properties=message.properties,
+                    mandatory=True,
+                )
+        except TimeoutError:
+            raise PublishTimeout from None
+        except aiormq.exceptions.PublishError:
+            raise PublishReturned from None
+        except aiormq.exceptions.DeliveryError:
+            raise PublishNacked from None
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            # RuntimeError covers aiormq's ChannelInvalidStateError on a closing channel.
+            raise BrokerUnavailable from None
+        if not isinstance(confirm, spec.Basic.Ack):
+            raise PublishNacked
+
+    async def _supervise(self) -> None:
+        """Connect, declare, and hold the channel until it closes; then start again."""
+        failures = 0
+        while True:
+            try:
+                connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT)
+            except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                if failures == 0:
+                    log.warning(
+                        "broker unreachable", broker=_display(self._url), error=type(exc).__name__
+                    )
+                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                failures += 1
+                continue
+            try:
+                await self._hold(connection)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("broker session failed", error=type(exc).__name__, detail=str(exc))
+                failures += 1
+            finally:
+                self._channel = None
+                self._connected.clear()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close())
+            await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+
+    async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        await declare_receiver_topology(channel, self._names)
+        underlay = await channel.get_underlay_channel()
+        self._channel = underlay
+        self._connected.set()
+        log.info("broker connected", broker=_display(self._url), prefix=self._names.prefix)
+        await asyncio.wait([underlay.closing])
+        log.warning("broker connection lost")
+
+
+def _display(url: URL) -> str:
+    return (
+        str(url.with_password("***").with_query(None))
+        if url.password
+        else str(url.with_query(None))
+    )

@@ -1,0 +1,165 @@
+"""Receiver settings: read once from the environment into a frozen object."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from yarl import URL
+
+from service.errors import SettingsError
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("auto", "json", "console")
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A credential whose value never shows in `repr`, `str` or a log line."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the receiver is configured with."""
+
+    amqp_url: Secret = Secret("amqp://guest:guest@localhost:5672/")
+    bus_prefix: str = "avionte"
+    api_keys: tuple[Secret, ...] = ()
+    shared_secrets: tuple[Secret, ...] = ()
+    host: str = "0.0.0.0"
+    port: int = 8080
+    max_body_bytes: int = 1_048_576
+    publish_timeout: float = 5.0
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @property
+    def broker_display(self) -> str:
+        """The broker URL with its password masked, fit for logs."""
+        url = URL(self.amqp_url.value)
+        return str(url.with_password("***")) if url.password else str(url)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Read and validate every variable; raise `SettingsError` naming the first bad one."""
+        env = _Env(environ)
+        settings = cls(
+            amqp_url=Secret(env.amqp_url("AMQP_URL", cls.amqp_url.value)),
+            bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
+            api_keys=env.secrets("WEBHOOK_API_KEYS"),
+            shared_secrets=env.secrets("WEBHOOK_SHARED_SECRETS"),
+            host=env.text("HOST", cls.host),
+            port=env.integer("PORT", cls.port, low=0, high=65535),
+            max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1),
+            publish_timeout=env.seconds("PUBLISH_TIMEOUT", cls.publish_timeout),
+            log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
+        )
+        if not settings.api_keys and not settings.shared_secrets:
+            raise SettingsError(
+                "WEBHOOK_API_KEYS",
+                "no credential configured; set WEBHOOK_API_KEYS or WEBHOOK_SHARED_SECRETS "
+                "(or their *_FILE forms)",
+            )
+        return settings
+
+
+class _Env:
+    """Typed reads of single variables; every error names the variable."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def _raw(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        return None if value is None or not value.strip() else value.strip()
+
+    def _secret_raw(self, name: str) -> str | None:
+        """A secret from `NAME`, or from the file named by `NAME_FILE`."""
+        direct, path = self._raw(name), self._raw(f"{name}_FILE")
+        if direct is not None and path is not None:
+            raise SettingsError(name, f"set either {name} or {name}_FILE, not both")
+        if path is None:
+            return direct
+        try:
+            content = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"{name}_FILE", f"cannot read the file ({type(exc).__name__})"
+            ) from None
+        if not content:
+            raise SettingsError(f"{name}_FILE", "the file is empty")
+        return content
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def secrets(self, name: str) -> tuple[Secret, ...]:
+        raw = self._secret_raw(name)
+        if raw is None:
+            return ()
+        values = tuple(Secret(part.strip()) for part in re.split(r"[,\n]", raw) if part.strip())
+        if not values:
+            raise SettingsError(name, "holds no value; separate several values with commas")
+        return values
+
+    def amqp_url(self, name: str, default: str) -> str:
+        raw = self._secret_raw(name) or default
+        try:
+            url = URL(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(name, "is not a valid URL") from None
+        if url.scheme not in ("amqp", "amqps") or not url.host:
+            raise SettingsError(name, "must be an amqp:// or amqps:// URL with a host")
+        return raw
+
+    def prefix(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        if not _PREFIX.fullmatch(value):
+            raise SettingsError(
+                name,
+                "must be 1-100 characters of letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit",
+            )
+        return value
+
+    def integer(self, name: str, default: int, *, low: int, high: int | None = None) -> int:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise SettingsError(name, f"must be an integer, got {raw!r}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise SettingsError(name, f"must be an integer {bounds}, got {value}")
+        return value
+
+    def seconds(self, name: str, default: float) -> float:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise SettingsError(name, f"must be a number of seconds, got {raw!r}") from None
+        if not 0 < value <= 3600:
+            raise SettingsError(name, f"must be more than 0 and at most 3600 seconds, got {raw}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default).lower()
+        if value not in choices:
+            raise SettingsError(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value

@@ -1,0 +1,129 @@
+"""Shared test helpers: credentials, fixtures on disk, signing, and a view of the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from service.bus import BusNames
+from service.settings import Secret, Settings
+from service.topology import declare_receiver_topology
+
+FIXTURES = Path(__file__).parent / "fixtures" / "avionte"
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+API_KEYS = ("test-api-key-Alpha-7f3c", "test-api-key-Bravo-19ad")
+SHARED_SECRETS = ("test-shared-Secret-Charlie-5be1", "test-shared-Secret-Delta-0c44")
+ALL_SECRETS = (*API_KEYS, *SHARED_SECRETS)
+
+AUTH_METHODS = ("api_key", "shared_secret", "hmac_hex", "hmac_base64")
+
+
+def fixture_bodies() -> dict[str, bytes]:
+    """Every sample delivery, by file stem, as raw bytes."""
+    return {path.stem: path.read_bytes() for path in sorted(FIXTURES.glob("*.json"))}
+
+
+def with_correlation_id(body: bytes, correlation_id: str) -> bytes:
+    """A fixture re-serialised with a fresh CorrelationId (for unique deliveries)."""
+    payload = json.loads(body)
+    payload["CorrelationId"] = correlation_id
+    return json.dumps(payload).encode()
+
+
+def sign_hex(body: bytes, secret: str) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sign_base64(body: bytes, secret: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def auth_headers(method: str, body: bytes, *, index: int = 0) -> dict[str, str]:
+    """Headers that authenticate `body` by `method`, with the `index`-th configured value."""
+    if method == "api_key":
+        return {"X-api-key": API_KEYS[index]}
+    secret = SHARED_SECRETS[index]
+    if method == "shared_secret":
+        return {"X-Payload-Signature": secret}
+    if method == "hmac_hex":
+        return {"X-Payload-Signature": sign_hex(body, secret)}
+    if method == "hmac_base64":
+        return {"X-Payload-Signature": sign_base64(body, secret)}
+    raise ValueError(method)
+
+
+def receiver_settings(prefix: str, **overrides: Any) -> Settings:
+    """Settings for an in-process receiver with both rotation keys and both secrets."""
+    values: dict[str, Any] = {
+        "amqp_url": Secret(AMQP_URL),
+        "bus_prefix": prefix,
+        "api_keys": tuple(Secret(key) for key in API_KEYS),
+        "shared_secrets": tuple(Secret(secret) for secret in SHARED_SECRETS),
+        "publish_timeout": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class BusView:
+    """A test's own connection to the broker: probe queues, reads, and clean-up by prefix."""
+
+    def __init__(self, channel: AbstractChannel, names: BusNames) -> None:
+        self.channel = channel
+        self.names = names
+
+    async def declare(self) -> None:
+        await declare_receiver_topology(self.channel, self.names)
+
+    async def probe(self, *patterns: str) -> AbstractQueue:
+        """An exclusive queue bound to `patterns` on the events exchange; gone with the test."""
+        await self.declare()
+        queue = await self.channel.declare_queue(
+            f"{self.names.prefix}.probe.{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True
+        )
+        for pattern in patterns:
+            await queue.bind(self.names.events, routing_key=pattern)
+        return queue
+
+    async def queue(self, name: str) -> AbstractQueue:
+        """One of the receiver's own queues, declared passively."""
+        return await self.channel.declare_queue(name, passive=True)
+
+    async def get(self, queue: AbstractQueue, timeout: float = 5.0) -> AbstractIncomingMessage:
+        """The next message on `queue`, acknowledged; fail if none arrives in time."""
+        async with asyncio.timeout(timeout):
+            while True:
+                message = await queue.get(no_ack=True, fail=False)
+                if message is not None:
+                    return message
+                await asyncio.sleep(0.02)
+
+    async def drain(self, queue: AbstractQueue) -> list[AbstractIncomingMessage]:
+        """Everything on `queue` right now."""
+        messages = []
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            messages.append(message)
+        return messages
+
+    async def remove_all(self) -> None:
+        for queue in (self.names.unrouted, self.names.invalid):
+            await self.channel.queue_delete(queue)
+        for exchange in (self.names.events, self.names.unrouted):
+            await self.channel.exchange_delete(exchange)
+
+
+async def open_bus(prefix: str) -> tuple[aio_pika.abc.AbstractConnection, BusView]:
+    connection = await aio_pika.connect(AMQP_URL)
+    channel = await connection.channel()
+    return connection, BusView(channel, BusNames(prefix))
