@@ -1,0 +1,44 @@
+# Every target creates the virtual environment it needs; `make run` and `make test` are all a newcomer types.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# Development credentials for `make run`; never use them anywhere else.
+DEV_API_KEY       ?= dev-api-key
+DEV_SHARED_SECRET ?= dev-shared-secret
+
+.PHONY: run test lint typecheck pytest rabbitmq venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "Python 3.11 or newer is needed (found $$($(PYTHON) --version))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+rabbitmq:
+	@deploy/local/ensure-rabbitmq
+
+run: venv rabbitmq
+	@echo "Receiver on http://localhost:$${PORT:-8080}/webhooks/avionte"
+	@echo "Development credentials:  X-api-key: $(DEV_API_KEY)   shared secret: $(DEV_SHARED_SECRET)"
+	WEBHOOK_API_KEYS=$(DEV_API_KEY) WEBHOOK_SHARED_SECRETS=$(DEV_SHARED_SECRET) $(BIN)/python -m service
+
+test: lint typecheck pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv rabbitmq
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

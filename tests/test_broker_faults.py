@@ -1,0 +1,125 @@
+"""The receiver when the broker is unreachable, drops the link, or stalls; through a TCP proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from service.app import WEBHOOK_PATH, create_app
+from service.settings import Secret
+from tests.conftest import ReceiverFactory
+from tests.support import AMQP_URL, BusView, auth_headers, receiver_settings
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.rabbit
+
+Client = TestClient[Any, Any]
+PUBLISH_TIMEOUT = 1.0
+
+
+@pytest.fixture
+async def proxy(broker_reachable: None) -> AsyncIterator[TcpProxy]:
+    url = URL(AMQP_URL)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as running:
+        yield running
+
+
+def via(proxy: TcpProxy) -> Secret:
+    return Secret(str(URL(AMQP_URL).with_host("127.0.0.1").with_port(proxy.port)))
+
+
+async def post_event(client: Client) -> tuple[int, str, float]:
+    """Post one fresh event; return the status, its id and the seconds it took."""
+    correlation_id = str(uuid.uuid4())
+    body = json.dumps({"EventName": "placement_updated", "CorrelationId": correlation_id}).encode()
+    started = time.monotonic()
+    response = await client.post(WEBHOOK_PATH, data=body, headers=auth_headers("api_key", body))
+    if response.status == 503:
+        assert response.headers["Retry-After"] == "5"
+    return response.status, correlation_id, time.monotonic() - started
+
+
+async def until_accepted(client: Client, within: float = 20.0) -> str:
+    """Post until one is accepted; fail if none is within `within` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            status, correlation_id, _ = await post_event(client)
+            if status == 200:
+                return correlation_id
+            assert status == 503
+            await asyncio.sleep(0.2)
+
+
+async def test_unreachable_at_start_gives_503_then_recovers(
+    bus: BusView, proxy: TcpProxy, aiohttp_client: Any
+) -> None:
+    proxy.refuse(True)
+    settings = receiver_settings(bus.names.prefix, amqp_url=via(proxy))
+    client: Client = await aiohttp_client(create_app(settings))
+    assert (await client.get("/readyz")).status == 503
+    for _ in range(5):
+        status, _, took = await post_event(client)
+        assert status == 503
+        assert took < PUBLISH_TIMEOUT  # no connection fails fast, without waiting for a confirm
+    queue = await bus.probe("placement.updated")
+    proxy.refuse(False)
+    correlation_id = await until_accepted(client)
+    assert (await client.get("/readyz")).status == 200
+    assert (await bus.get(queue)).message_id == correlation_id
+
+
+async def test_lost_link_gives_503_then_recovers(
+    bus: BusView, proxy: TcpProxy, start_receiver: ReceiverFactory
+) -> None:
+    client = await start_receiver(amqp_url=via(proxy), publish_timeout=PUBLISH_TIMEOUT)
+    queue = await bus.probe("placement.updated")
+    assert (await post_event(client))[0] == 200
+
+    proxy.refuse(True)
+    await proxy.cut()
+    async with asyncio.timeout(5):
+        while (await client.get("/readyz")).status != 503:
+            await asyncio.sleep(0.02)
+    statuses = [status for status, _, _ in await asyncio.gather(*(post_event(client) for _ in range(20)))]
+    assert statuses == [503] * 20
+
+    proxy.refuse(False)
+    correlation_id = await until_accepted(client)
+    received = {message.message_id for message in await _drain_until(bus, queue, correlation_id)}
+    assert correlation_id in received
+
+
+async def test_stalled_link_answers_503_after_the_timeout_then_recovers(
+    bus: BusView, proxy: TcpProxy, start_receiver: ReceiverFactory
+) -> None:
+    client = await start_receiver(amqp_url=via(proxy), publish_timeout=PUBLISH_TIMEOUT)
+    queue = await bus.probe("placement.updated")
+    assert (await post_event(client))[0] == 200
+
+    proxy.stall()
+    results = await asyncio.gather(*(post_event(client) for _ in range(10)))
+    for status, _, took in results:
+        assert status == 503
+        assert PUBLISH_TIMEOUT - 0.05 <= took < PUBLISH_TIMEOUT + 1.0
+
+    proxy.resume()
+    correlation_id = await until_accepted(client)
+    # Held publishes may land after the link resumes: at-least-once, never lost.
+    received = {message.message_id for message in await _drain_until(bus, queue, correlation_id)}
+    assert correlation_id in received
+
+
+async def _drain_until(bus: BusView, queue: Any, message_id: str) -> list[Any]:
+    messages = []
+    async with asyncio.timeout(10):
+        while not any(message.message_id == message_id for message in messages):
+            messages.append(await bus.get(queue))
+    return messages

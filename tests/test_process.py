@@ -1,0 +1,181 @@
+"""`python -m service` as an operator runs it: start-up errors, logs, and SIGTERM under load."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies
+
+ROOT = Path(__file__).resolve().parent.parent
+BROKER_PASSWORD = "guest"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    keep = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
+    return {**keep, "PYTHONPATH": str(ROOT), **extra}
+
+
+def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "WEBHOOK_API_KEYS"),
+        ({"WEBHOOK_API_KEYS": "k-31337", "AMQP_URL": "http://k-31337@x/"}, "AMQP_URL"),
+        ({"WEBHOOK_API_KEYS": "k-31337", "PORT": "eighty"}, "PORT"),
+        ({"WEBHOOK_SHARED_SECRETS": "s-31337", "PUBLISH_TIMEOUT": "-1"}, "PUBLISH_TIMEOUT"),
+        ({"WEBHOOK_API_KEYS_FILE": "/nonexistent/k-31337"}, "WEBHOOK_API_KEYS_FILE"),
+    ],
+)
+def test_bad_settings_exit_2_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    result = run_service(base_env(**env))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {variable}: ")
+    assert "31337" not in result.stderr + result.stdout
+
+
+class Receiver:
+    """A receiver process with its stderr captured to a file."""
+
+    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+async def receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[Receiver]:
+    port = free_port()
+    log = tmp_path / "receiver.log"
+    env = base_env(
+        AMQP_URL=AMQP_URL,
+        BUS_PREFIX=bus.names.prefix,
+        WEBHOOK_API_KEYS=",".join(API_KEYS),
+        WEBHOOK_SHARED_SECRETS=",".join(SHARED_SECRETS),
+        HOST="127.0.0.1",
+        PORT=str(port),
+        LOG_FORMAT="json",
+        PUBLISH_TIMEOUT="3",
+    )
+    with log.open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", env=env, stderr=stderr
+        )
+    running = Receiver(process, port, log)
+    try:
+        async with aiohttp.ClientSession() as session, asyncio.timeout(15):
+            while True:
+                try:
+                    async with session.get(f"{running.url}/readyz") as response:
+                        if response.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.05)
+        yield running
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_sigterm_during_a_burst_loses_nothing(bus: BusView, receiver: Receiver) -> None:
+    everything = await bus.probe("#")
+    template = json.loads(fixture_bodies()["placement_updated"])
+    outcomes: dict[str, int | str] = {}
+    answered = asyncio.Event()
+
+    async def deliver(session: aiohttp.ClientSession, correlation_id: str) -> None:
+        body = json.dumps({**template, "CorrelationId": correlation_id}).encode()
+        try:
+            async with session.post(
+                f"{receiver.url}/webhooks/avionte", data=body, headers={"X-api-key": API_KEYS[1]}
+            ) as response:
+                outcomes[correlation_id] = response.status
+        except aiohttp.ClientError as exc:
+            outcomes[correlation_id] = type(exc).__name__
+        if len(outcomes) >= 100:
+            answered.set()
+
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        burst = [asyncio.create_task(deliver(session, str(uuid.uuid4()))) for _ in range(400)]
+        await answered.wait()
+        receiver.process.send_signal(signal.SIGTERM)
+        await asyncio.gather(*burst)
+    async with asyncio.timeout(15):
+        assert await receiver.process.wait() == 0
+
+    accepted = {cid for cid, outcome in outcomes.items() if outcome == 200}
+    assert len(accepted) >= 100
+    refused = {cid: outcome for cid, outcome in outcomes.items() if outcome != 200}
+    assert all(outcome == 503 or isinstance(outcome, str) for outcome in refused.values())
+    on_queue = {message.message_id for message in await bus.drain(everything)}
+    assert accepted <= on_queue
+
+    lines = receiver.log_lines()
+    events = [line["event"] for line in lines]
+    assert events.index("shutting down") < events.index("stopped")
+    deliveries = [line for line in lines if line["event"] == "delivery"]
+    assert {line["message_id"] for line in deliveries if line["status"] == 200} == accepted
+    for line in deliveries:
+        assert {"delivery_id", "outcome", "status", "duration_ms"} <= set(line)
+        if line["outcome"] == "accepted":
+            assert line["event_name"] == "placement_updated"
+            assert line["tenant_id"] == 6
+
+
+async def test_logs_hold_no_secret_and_no_body(bus: BusView, receiver: Receiver) -> None:
+    body = fixture_bodies()["talent_merged"]
+    async with aiohttp.ClientSession() as session:
+        for headers in (
+            {"X-api-key": API_KEYS[0]},
+            {"X-Payload-Signature": SHARED_SECRETS[1]},
+            {"X-api-key": API_KEYS[0] + "-wrong"},
+            {"X-Payload-Signature": SHARED_SECRETS[0] + "-wrong"},
+        ):
+            async with session.post(
+                f"{receiver.url}/webhooks/avionte", data=body, headers=headers
+            ) as response:
+                assert response.status in (200, 401)
+    receiver.process.send_signal(signal.SIGTERM)
+    assert await receiver.process.wait() == 0
+    text = receiver.log.read_text()
+    assert text.count('"event":"delivery"') == 4
+    for secret in (*API_KEYS, *SHARED_SECRETS, f":{BROKER_PASSWORD}@"):
+        assert secret not in text
+    for fragment in ("GoodTalentId", "ResourceModelType", "Avionte.Commons"):
+        assert fragment not in text
