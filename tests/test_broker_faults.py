@@ -88,8 +88,8 @@ async def test_lost_link_gives_503_then_recovers(
     async with asyncio.timeout(5):
         while (await client.get("/readyz")).status != 503:
             await asyncio.sleep(0.02)
-    statuses = [status for status, _, _ in await asyncio.gather(*(post_event(client) for _ in range(20)))]
-    assert statuses == [503] * 20
+    results = await asyncio.gather(*(post_event(client) for _ in range(20)))
+    assert [status for status, _, _ in results] == [503] * 20
 
     proxy.refuse(False)
     correlation_id = await until_accepted(client)
