@@ -118,7 +118,7 @@ async def test_stalled_link_answers_503_after_the_timeout_then_recovers(
 
 
 async def _drain_until(bus: BusView, queue: Any, message_id: str) -> list[Any]:
-    messages = []
+    messages: list[Any] = []
     async with asyncio.timeout(10):
         while not any(message.message_id == message_id for message in messages):
             messages.append(await bus.get(queue))
