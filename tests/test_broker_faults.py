@@ -123,3 +123,26 @@ async def _drain_until(bus: BusView, queue: Any, message_id: str) -> list[Any]:
         while not any(message.message_id == message_id for message in messages):
             messages.append(await bus.get(queue))
     return messages
+
+
+async def test_unroutable_return_is_a_503(bus: BusView, start_receiver: ReceiverFactory) -> None:
+    client = await start_receiver()
+    # Without its queue, the alternate exchange routes nowhere and the broker returns the message.
+    await bus.channel.queue_delete(bus.names.unrouted)
+    status, _, _ = await post_event(client)
+    assert status == 503
+
+
+async def test_nack_is_a_503(bus: BusView, start_receiver: ReceiverFactory) -> None:
+    client = await start_receiver()
+    await bus.declare()
+    full = await bus.channel.declare_queue(
+        f"{bus.names.prefix}.full",
+        exclusive=True,
+        arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
+    await full.bind(bus.names.events, routing_key="placement.updated")
+    status, _, _ = await post_event(client)
+    assert status == 503
+    await full.unbind(bus.names.events, routing_key="placement.updated")
+    assert (await post_event(client))[0] == 200
