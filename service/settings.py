@@ -52,7 +52,7 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Read and validate every variable; raise `SettingsError` naming the first bad one."""
-        env = _Env(environ)
+        env = EnvReader(environ)
         settings = cls(
             amqp_url=Secret(env.amqp_url("AMQP_URL", cls.amqp_url.value)),
             bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
@@ -74,7 +74,7 @@ class Settings:
         return settings
 
 
-class _Env:
+class EnvReader:
     """Typed reads of single variables; every error names the variable."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:

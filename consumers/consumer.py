@@ -1,0 +1,109 @@
+"""`Consumer`: a named set of handlers, each bound to event names or topic patterns."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from consumers.errors import RegistrationError
+from consumers.event import Event
+from consumers.patterns import matches, normalize_pattern
+
+Handler = Callable[[Event], Awaitable[Any]]
+H = TypeVar("H", bound=Handler)
+
+DEFAULT_RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0, 1800.0)
+DEFAULT_CONCURRENCY = 16
+# The receiver's own queues live beside the consumers' under the same prefix.
+RESERVED_NAMES = frozenset({"events", "unrouted", "invalid"})
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+# RabbitMQ caps a queue's message TTL at 2^32 - 1 milliseconds.
+MAX_DELAY_SECONDS = (2**32 - 1) / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One handler and the normalized patterns it is bound to."""
+
+    patterns: tuple[str, ...]
+    handler: Handler
+
+
+def _is_async(handler: object) -> bool:
+    call = getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ counts too
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(call)
+
+
+class Consumer:
+    """A consumer owns the queue `{prefix}.{name}`; every process running it competes on it."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise RegistrationError(
+                f"consumer name {name!r} must be 1-63 lower-case letters, digits, '-' or '_'"
+            )
+        if name in RESERVED_NAMES:
+            raise RegistrationError(f"consumer name {name!r} is reserved for the receiver's queues")
+        delays = tuple(retry_delays)
+        if not all(
+            isinstance(d, int | float) and 0 < d <= MAX_DELAY_SECONDS and d * 1000 >= 1
+            for d in delays
+        ):
+            raise RegistrationError(
+                f"consumer {name!r}: retry_delays must be seconds from 0.001 to "
+                f"{MAX_DELAY_SECONDS:.0f}, got {retry_delays!r}"
+            )
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise RegistrationError(f"consumer {name!r}: concurrency must be at least 1")
+        self.name = name
+        self.retry_delays: tuple[float, ...] = delays
+        self.concurrency = concurrency
+        self.routes: list[Route] = []
+        self._handlers_by_key: dict[str, tuple[Handler, ...]] = {}
+
+    def __repr__(self) -> str:
+        return f"Consumer({self.name!r}, patterns={list(self.patterns)!r})"
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        """Every pattern the consumer's queue is bound to, sorted and without repeats."""
+        return tuple(sorted({p for route in self.routes for p in route.patterns}))
+
+    def on(self, *patterns: str) -> Callable[[H], H]:
+        """Register an async handler for Avionté event names or topic patterns."""
+        if not patterns:
+            raise RegistrationError(f"consumer {self.name!r}: on() needs an event name or pattern")
+        normalized = tuple(dict.fromkeys(normalize_pattern(p) for p in patterns))
+
+        def register(handler: H) -> H:
+            if not _is_async(handler):
+                raise RegistrationError(
+                    f"consumer {self.name!r}: handler {handler!r} must be an `async def` function"
+                )
+            self.routes.append(Route(normalized, handler))
+            self._handlers_by_key.clear()
+            return handler
+
+        return register
+
+    def handlers_for(self, routing_key: str) -> tuple[Handler, ...]:
+        """The handlers whose patterns match `routing_key`, in registration order."""
+        found = self._handlers_by_key.get(routing_key)
+        if found is None:
+            found = tuple(
+                route.handler
+                for route in self.routes
+                if any(matches(pattern, routing_key) for pattern in route.patterns)
+            )
+            if len(self._handlers_by_key) < 1024:
+                self._handlers_by_key[routing_key] = found
+        return found

@@ -1,0 +1,126 @@
+"""Dead letters: look at them without consuming, and replay them to their consumer's queue."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp.common import FieldTable
+
+from consumers.event import ROUTING_KEY
+from consumers.topology import ConsumerQueues
+
+# Headers that belong to one run through the retries; a replay starts afresh.
+_ATTEMPT_HEADERS = (
+    "x-attempt",
+    "x-attempts",
+    "x-error-type",
+    "x-error-message",
+    "x-first-failure-at",
+    "x-last-failure-at",
+    "x-death",
+    "x-first-death-",
+    "x-last-death-",
+    "x-delivery-count",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadReport:
+    """What `.dead` holds: how many, the oldest failure, and the errors grouped."""
+
+    queue: str
+    count: int
+    sampled: int
+    oldest: str | None
+    errors: list[tuple[str, int]] = field(default_factory=list)
+
+
+def _death_field(message: AbstractIncomingMessage, name: str) -> object:
+    """A field of the newest `x-death` entry, which the broker adds when it dead-letters."""
+    deaths = (message.headers or {}).get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return deaths[0].get(name)
+    return None
+
+
+def _error_of(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    kind = headers.get("x-error-type")
+    if not isinstance(kind, str):
+        reason = _death_field(message, "reason")
+        return f"(broker: {reason})" if isinstance(reason, str) else "(unknown)"
+    text = headers.get("x-error-message")
+    return f"{kind}: {text[:120]}" if isinstance(text, str) and text else kind
+
+
+def _original_routing_key(message: AbstractIncomingMessage) -> str:
+    headers = message.headers or {}
+    key = headers.get(ROUTING_KEY)
+    if isinstance(key, str) and key:
+        return key
+    # Dead-lettered by the broker (delivery limit): the original key is in x-death.
+    keys = _death_field(message, "routing-keys")
+    if isinstance(keys, list) and keys and isinstance(keys[0], str):
+        return keys[0]
+    return message.routing_key or ""
+
+
+async def inspect_dead(
+    connection: AbstractConnection, queues: ConsumerQueues, sample: int
+) -> DeadReport:
+    """Read up to `sample` dead letters unacknowledged; closing the channel puts them all back."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(queues.dead, passive=True)
+        count = queue.declaration_result.message_count or 0
+        errors: Counter[str] = Counter()
+        oldest: str | None = None
+        sampled = 0
+        while sampled < min(sample, count):
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            sampled += 1
+            errors[_error_of(message)] += 1
+            failed_at = (message.headers or {}).get("x-last-failure-at")
+            if isinstance(failed_at, str) and (oldest is None or failed_at < oldest):
+                oldest = failed_at
+        return DeadReport(queues.dead, count, sampled, oldest, errors.most_common())
+    finally:
+        await channel.close()
+
+
+async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: int | None) -> int:
+    """Move up to `limit` dead letters back to the consumer's queue with fresh attempt counts.
+
+    Each is acked on `.dead` only after the broker confirmed its copy.
+    """
+    queue = await channel.declare_queue(queues.dead, passive=True)
+    moved = 0
+    while limit is None or moved < limit:
+        message = await queue.get(no_ack=False, fail=False)
+        if message is None:
+            break
+        headers: FieldTable = {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if not key.startswith(_ATTEMPT_HEADERS)
+        }
+        headers[ROUTING_KEY] = _original_routing_key(message)
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            timestamp=message.timestamp,
+            correlation_id=message.correlation_id,
+        )
+        await channel.default_exchange.publish(copy, routing_key=queues.main, mandatory=True)
+        await message.ack()
+        moved += 1
+    return moved

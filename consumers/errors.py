@@ -1,0 +1,25 @@
+"""Exceptions of the consumer runtime.
+
+ConsumerError
+├── RegistrationError    a consumer or handler is defined wrongly; raised at import time
+└── LoadError            a consumer module named on the command line cannot be used
+Reject                   raised by a handler: send the message to `.dead` at once
+"""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    """Base of the runtime's own errors."""
+
+
+class RegistrationError(ConsumerError, ValueError):
+    """A consumer or handler is defined wrongly."""
+
+
+class LoadError(ConsumerError):
+    """A consumer module cannot be imported or defines no usable consumer."""
+
+
+class Reject(Exception):
+    """Raise from a handler when retrying cannot help: the message goes to `.dead` at once."""

@@ -1,0 +1,84 @@
+"""The `Event` a handler receives: the envelope's fields plus what the bus knows of the message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage
+
+from service.envelope import Envelope
+
+ATTEMPT = "x-attempt"
+ROUTING_KEY = "x-routing-key"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One Avionté event, as a handler sees it."""
+
+    name: str
+    routing_key: str
+    tenant_id: int | None
+    message_id: str
+    correlation_id: str | None
+    resource: dict[str, Any] | None
+    payload: dict[str, Any] = field(repr=False)
+    body: bytes = field(repr=False)
+    received_at: datetime
+    attempt: int
+    redelivered: bool
+
+
+def parse_resource(value: object) -> dict[str, Any] | None:
+    """The `Resource` field as a dict: Avionté sends it as a string holding JSON."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str | bytes):
+        return None
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def attempt_of(message: AbstractIncomingMessage) -> int:
+    """Which attempt this delivery is, counting from 1."""
+    value = (message.headers or {}).get(ATTEMPT)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
+
+
+def routing_key_of(message: AbstractIncomingMessage) -> str:
+    """The event's own routing key, also for a message that came back through a retry queue."""
+    value = (message.headers or {}).get(ROUTING_KEY)
+    return value if isinstance(value, str) and value else message.routing_key or ""
+
+
+def _received_at(message: AbstractIncomingMessage) -> datetime:
+    value = (message.headers or {}).get("x-received-at")
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    return message.timestamp or datetime.now(UTC)
+
+
+def event_from(message: AbstractIncomingMessage, envelope: Envelope) -> Event:
+    """Build the `Event` for a delivered message whose body parsed as `envelope`."""
+    return Event(
+        name=envelope.event_name,
+        routing_key=routing_key_of(message),
+        tenant_id=envelope.tenant_id,
+        message_id=message.message_id or envelope.message_id,
+        correlation_id=envelope.correlation_id,
+        resource=parse_resource(envelope.payload.get("Resource")),
+        payload=envelope.payload,
+        body=message.body,
+        received_at=_received_at(message),
+        attempt=attempt_of(message),
+        redelivered=bool(message.redelivered),
+    )

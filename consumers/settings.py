@@ -1,0 +1,31 @@
+"""Worker settings: the broker and prefix as for the receiver, read once from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from service.settings import LOG_FORMATS, LOG_LEVELS, EnvReader, Secret, Settings
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process is configured with."""
+
+    amqp_url: Secret = Settings.amqp_url
+    bus_prefix: str = Settings.bus_prefix
+    shutdown_timeout: float = 30.0
+    log_level: str = "info"
+    log_format: str = "auto"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
+        """Read `AMQP_URL`, `BUS_PREFIX`, `SHUTDOWN_TIMEOUT`, `LOG_LEVEL` and `LOG_FORMAT`."""
+        env = EnvReader(environ)
+        return cls(
+            amqp_url=Secret(env.amqp_url("AMQP_URL", cls.amqp_url.value)),
+            bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
+            shutdown_timeout=env.seconds("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
+        )

@@ -1,0 +1,290 @@
+"""The worker: runs consumers in one process and decides every message's fate in one place.
+
+A message is acked only after its handlers return. A handler that raises sends a
+copy to the retry queue for its attempt, which dead-letters it back after the
+delay; after the last attempt, or on `Reject`, the copy goes to `.dead`. The copy
+is confirmed by the broker before the original is acked, so no path loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from pamqp.common import FieldTable
+
+from consumers.consumer import Consumer
+from consumers.errors import RegistrationError, Reject
+from consumers.event import ATTEMPT, ROUTING_KEY, attempt_of, event_from, routing_key_of
+from consumers.settings import WorkerSettings
+from consumers.topology import ConsumerQueues, declare_consumer_topology
+from service.bus import BusNames
+from service.envelope import parse
+from service.errors import InvalidEnvelope
+
+log = structlog.get_logger("consumers.worker")
+
+FORWARD_TIMEOUT = 10.0
+# Pause before handing a message back when the broker would not take its copy, so a
+# persistent broker fault cannot turn into a hot loop.
+REQUEUE_PAUSE = 2.0
+CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+MAX_ERROR_MESSAGE = 1000
+# Headers the broker adds on dead-lettering; our own x- headers tell the story instead.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
+
+
+class NoHandler(Exception):
+    """No handler of the consumer matches the message's routing key any more."""
+
+
+@dataclass(slots=True)
+class _Running:
+    consumer: Consumer
+    queues: ConsumerQueues
+    queue: AbstractQueue
+    tag: str = ""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_unique(consumers: Sequence[Consumer]) -> None:
+    """Fail on two consumers with one name, or a consumer without handlers."""
+    seen: set[str] = set()
+    for consumer in consumers:
+        if consumer.name in seen:
+            raise RegistrationError(f"two consumers are named {consumer.name!r}")
+        if not consumer.routes:
+            raise RegistrationError(f"consumer {consumer.name!r} has no handlers")
+        seen.add(consumer.name)
+
+
+class Worker:
+    """Runs `consumers` until `stop` is set, then drains in-flight handlers and exits."""
+
+    def __init__(
+        self,
+        consumers: Sequence[Consumer],
+        settings: WorkerSettings,
+        *,
+        concurrency: int | None = None,
+    ) -> None:
+        check_unique(consumers)
+        self._consumers = tuple(consumers)
+        self._settings = settings
+        self._names = BusNames(settings.bus_prefix)
+        self._concurrency = concurrency
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._publisher: AbstractChannel | None = None
+        self.ready = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        connection = await self._connect(stop)
+        if connection is None:
+            return
+        try:
+            self._publisher = await connection.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+            running = [await self._start(connection, consumer) for consumer in self._consumers]
+            log.info("worker started", consumers=[r.consumer.name for r in running])
+            self.ready.set()
+            await stop.wait()
+            log.info("worker stopping", in_flight=len(self._in_flight))
+            for item in running:
+                await item.queue.cancel(item.tag)
+            await self._drain()
+        finally:
+            await connection.close()
+        log.info("worker stopped")
+
+    async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
+        """Connect, retrying until the broker answers or `stop` is set."""
+        failures = 0
+        while not stop.is_set():
+            try:
+                return await aio_pika.connect_robust(self._settings.amqp_url.value)
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                if failures == 0:
+                    log.warning("broker unreachable; retrying", error=type(exc).__name__)
+                delay = CONNECT_DELAYS[min(failures, len(CONNECT_DELAYS) - 1)]
+                failures += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    async def _start(self, connection: AbstractRobustConnection, consumer: Consumer) -> _Running:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
+        queue = await declare_consumer_topology(channel, self._names, consumer)
+        running = _Running(consumer, ConsumerQueues(self._names.prefix, consumer.name), queue)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await self._handle(running, message)
+
+        running.tag = await queue.consume(on_message)
+        return running
+
+    async def _drain(self) -> None:
+        """Wait, bounded by SHUTDOWN_TIMEOUT, for in-flight handlers; cancel what is left."""
+        await asyncio.sleep(0)  # let deliveries already received start their handlers
+        deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout
+        while self._in_flight:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning("handlers still running at the deadline; their messages go back")
+                for task in self._in_flight:
+                    task.cancel()
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+                break
+            await asyncio.wait(set(self._in_flight), timeout=remaining)
+
+    async def _handle(self, running: _Running, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        started = time.perf_counter()
+        attempt = attempt_of(message)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
+        )
+        try:
+            outcome = await self._process(running, message, attempt)
+        except asyncio.CancelledError:
+            log.warning("handler cancelled; the message goes back to the queue")
+            raise
+        finally:
+            self._in_flight.discard(task)
+        log.info(
+            "message handled",
+            outcome=outcome,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def _process(
+        self, running: _Running, message: AbstractIncomingMessage, attempt: int
+    ) -> str:
+        routing_key = routing_key_of(message)
+        try:
+            envelope = parse(message.body)
+        except InvalidEnvelope as invalid:
+            return await self._dead(running, message, routing_key, attempt, invalid, "rejected")
+        event = event_from(message, envelope)
+        structlog.contextvars.bind_contextvars(
+            event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
+        )
+        handlers = running.consumer.handlers_for(routing_key)
+        if not handlers:
+            failure = NoHandler(f"no handler of {running.consumer.name!r} matches {routing_key!r}")
+            return await self._dead(running, message, routing_key, attempt, failure, "rejected")
+        try:
+            for handler in handlers:
+                await handler(event)
+        except Reject as rejected:
+            return await self._dead(running, message, routing_key, attempt, rejected, "rejected")
+        except Exception as failure:
+            log.warning("handler failed", error_type=type(failure).__name__, exc_info=failure)
+            delays = running.consumer.retry_delays
+            if attempt <= len(delays):
+                extra = _failure(running, message, routing_key, attempt, failure)
+                extra[ATTEMPT] = attempt + 1
+                target = running.queues.retry(delays[attempt - 1])
+                return "retried" if await self._forward(message, target, extra) else "requeued"
+            return await self._dead(running, message, routing_key, attempt, failure, "dead")
+        await _settle(message.ack())
+        return "ok"
+
+    async def _dead(
+        self,
+        running: _Running,
+        message: AbstractIncomingMessage,
+        routing_key: str,
+        attempt: int,
+        failure: Exception,
+        outcome: str,
+    ) -> str:
+        extra = _failure(running, message, routing_key, attempt, failure)
+        return outcome if await self._forward(message, running.queues.dead, extra) else "requeued"
+
+    async def _forward(
+        self, message: AbstractIncomingMessage, target: str, extra: FieldTable
+    ) -> bool:
+        """Publish a confirmed copy to `target`, then ack; on failure hand the message back."""
+        assert self._publisher is not None
+        headers: FieldTable = {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if not key.startswith(_BROKER_HEADERS)
+        }
+        headers.update(extra)
+        copy = aio_pika.Message(
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+            type=message.type,
+            timestamp=message.timestamp,
+            correlation_id=message.correlation_id,
+        )
+        try:
+            await self._publisher.default_exchange.publish(
+                copy, routing_key=target, mandatory=True, timeout=FORWARD_TIMEOUT
+            )
+        except Exception as exc:
+            log.error(
+                "broker did not take the copy; handing the message back",
+                target=target,
+                error_type=type(exc).__name__,
+            )
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _settle(message.nack(requeue=True))
+            return False
+        await _settle(message.ack())
+        return True
+
+
+def _failure(
+    running: _Running,
+    message: AbstractIncomingMessage,
+    routing_key: str,
+    attempt: int,
+    failure: Exception,
+) -> FieldTable:
+    now = _now()
+    first = (message.headers or {}).get("x-first-failure-at")
+    return {
+        "x-consumer": running.consumer.name,
+        ROUTING_KEY: routing_key,
+        "x-error-type": type(failure).__name__,
+        "x-error-message": str(failure)[:MAX_ERROR_MESSAGE],
+        "x-attempts": attempt,
+        "x-first-failure-at": first if isinstance(first, str) else now,
+        "x-last-failure-at": now,
+    }
+
+
+async def _settle(step: Awaitable[None]) -> None:
+    """Ack or nack; if the channel is gone the broker redelivers, so only log it."""
+    try:
+        await step
+    except Exception as exc:
+        log.warning(
+            "could not settle the message; the broker will redeliver it",
+            error_type=type(exc).__name__,
+        )
