@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@touch $@
 
 rabbitmq:
-	@deploy/local/ensure-rabbitmq
+	@deploy/local/ensure-rabbitmq "$${AMQP_URL:-}"
 
 run: venv rabbitmq
 	@echo "Receiver on http://localhost:$${PORT:-8080}/webhooks/avionte"
@@ -37,7 +37,8 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv rabbitmq
+pytest: venv
+	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	$(BIN)/pytest
 
 clean:

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, redact=settings.secret_values())
     try:
         asyncio.run(serve(settings))
     except OSError as exc:

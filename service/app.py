@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from service import envelope
 from service.auth import Authenticator
@@ -29,9 +30,10 @@ log = structlog.get_logger("service.delivery")
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Whether the receiver is draining for shutdown."""
+    """Shutdown, in two steps: first not ready, then no more intake."""
 
-    draining: bool = False
+    shutting_down: bool = False
+    intake_closed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +74,21 @@ async def receive(request: web.Request) -> web.Response:
         )
         return response
 
-    if ctx.lifecycle.draining:
-        return done(_unavailable(), "draining")
+    if ctx.lifecycle.intake_closed:
+        return done(_unavailable(), "shutting_down")
     limit = ctx.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
+    # Signatures cover the bytes as sent and the bus carries them unchanged, so the
+    # body must not be transformed on the way in.
+    if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return done(_json(415, {"status": "unsupported_content_encoding"}), "bad_request")
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
+    except HttpProcessingError:
+        return done(_json(400, {"status": "bad_request"}), "bad_request")
 
     try:
         method = ctx.authenticator.authenticate(
@@ -96,9 +104,13 @@ async def receive(request: web.Request) -> web.Response:
     message: Outgoing
     try:
         parsed = envelope.parse(body)
-    except InvalidEnvelope as invalid:
-        message, outcome = invalid_message(ctx.names, body, invalid.reason, receipt), "quarantined"
-        line["reason"] = invalid.reason
+    except Exception as failure:
+        reason = failure.reason if isinstance(failure, InvalidEnvelope) else "parse_error"
+        if reason == "parse_error":
+            # A bug, not bad input; the delivery is still kept, in quarantine.
+            log.exception("parsing raised unexpectedly", **line)
+        message, outcome = invalid_message(ctx.names, body, reason, receipt), "quarantined"
+        line["reason"] = reason
     else:
         message, outcome = event_message(ctx.names, parsed, body, receipt), "accepted"
         line.update(
@@ -129,11 +141,11 @@ async def readyz(request: web.Request) -> web.Response:
     """Readiness: deliveries can be stored durably and the receiver is not shutting down."""
     ctx = request.app[CONTEXT]
     broker = "connected" if ctx.publisher.ready else "disconnected"
-    ready = ctx.publisher.ready and not ctx.lifecycle.draining
+    ready = ctx.publisher.ready and not ctx.lifecycle.shutting_down
     payload = {
         "status": "ready" if ready else "not_ready",
         "broker": broker,
-        "draining": ctx.lifecycle.draining,
+        "shutting_down": ctx.lifecycle.shutting_down,
     }
     return _json(200 if ready else 503, payload)
 

@@ -26,9 +26,18 @@ class AuthMethod(StrEnum):
     HMAC = "hmac"
 
 
+def _encode(value: str) -> bytes:
+    # surrogateescape round-trips bytes that are not UTF-8, in headers and in the environment;
+    # any other lone surrogate still encodes, and so can only fail to match.
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogatepass")
+
+
 def _digest(value: str) -> bytes:
     # Comparing fixed-length digests keeps the time independent of the value's length.
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+    return hashlib.sha256(_encode(value)).digest()
 
 
 def _matches_any(candidate: bytes, expected: Iterable[bytes]) -> bool:
@@ -62,7 +71,7 @@ class Authenticator:
         secrets = tuple(shared_secrets)
         self._secrets = tuple(_digest(secret) for secret in secrets)
         self._hmacs = tuple(
-            hmac.new(secret.encode("utf-8"), digestmod=hashlib.sha256) for secret in secrets
+            hmac.new(_encode(secret), digestmod=hashlib.sha256) for secret in secrets
         )
         if not self._api_keys and not self._secrets:
             raise ValueError("at least one API key or shared secret is required")

@@ -21,6 +21,7 @@ MAX_SHORT_STRING = 255
 # x-tenant-id travels as a signed 64-bit AMQP integer.
 _INT64 = range(-(2**63), 2**63)
 
+_DIGITS = re.compile(r"[0-9]{1,19}")
 _SEPARATORS = re.compile(r"[_\-. ]+")
 _DROPPED = re.compile(r"[^A-Za-z0-9 ]+")
 # A word is an acronym that stops before a capitalised word, a capitalised or
@@ -74,7 +75,7 @@ def _identifier(value: object) -> str | None:
 def _tenant(payload: dict[str, Any]) -> int | None:
     for field in ("FrontOfficeTenantId", "TenantId"):
         value = payload.get(field)
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
             value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value in _INT64:
             return value

@@ -1,14 +1,16 @@
 """Logging, configured once: JSON lines in production, a console renderer on a TTY.
 
 Library loggers (aiohttp, aio-pika) go through the same renderer, so every line
-of the process has one shape. Tracebacks are plain, without local variables, so
-no body or credential can reach a log through them.
+of the process has one shape. Tracebacks are plain, without local variables.
+As a last line of defence every configured secret is masked in every line, and
+message bodies that a library would put in a log are left out.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -21,22 +23,57 @@ def _orjson_dumps(event: dict[str, Any], **_: Any) -> str:
     return orjson.dumps(event, default=str).decode()
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog and the standard library once, for the whole process."""
+class _Redactor:
+    """Masks every configured secret in the string values of a log event."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+
+    def __call__(
+        self, _: Any, __: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        for key, value in event.items():
+            if isinstance(value, str):
+                for secret in self._secrets:
+                    if secret in value:
+                        value = value.replace(secret, "[redacted]")
+                event[key] = value
+        return event
+
+
+def _is_payload(value: object) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview) or hasattr(value, "body")
+
+
+class _NoPayloads(logging.Filter):
+    """Keeps message bodies that aiormq or aio-pika pass as log arguments out of the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(_is_payload(arg) for arg in record.args):
+            record.args = tuple("<payload>" if _is_payload(a) else a for a in record.args)
+        return True
+
+
+def configure_logging(
+    level: str = "info", fmt: str = "auto", *, redact: Iterable[str] = ()
+) -> None:
+    """Configure structlog and the standard library once, for the whole process.
+
+    `redact` holds every secret the process knows; none of them will appear in a log line.
+    """
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.format_exc_info,
+        _Redactor(redact),
     ]
     renderer: structlog.typing.Processor
     if use_console:
-        renderer = structlog.dev.ConsoleRenderer(
-            exception_formatter=structlog.dev.plain_traceback,
-        )
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     else:
-        shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
 
     numeric = logging.getLevelName(level.upper())
@@ -50,6 +87,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 import aio_pika
@@ -65,6 +66,7 @@ class AmqpPublisher:
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
         self._connected = asyncio.Event()
+        self._publishing: dict[str, asyncio.Future[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
@@ -94,7 +96,7 @@ class AmqpPublisher:
         if channel is None or channel.is_closed:
             raise BrokerUnavailable
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), self._alone(message.message_id):
                 confirm = await channel.basic_publish(
                     message.body,
                     exchange=message.exchange,
@@ -113,6 +115,23 @@ class AmqpPublisher:
             raise BrokerUnavailable from None
         if not isinstance(confirm, spec.Basic.Ack):
             raise PublishNacked
+
+    @contextlib.asynccontextmanager
+    async def _alone(self, message_id: str) -> AsyncIterator[None]:
+        """Hold the only publish in flight for `message_id`.
+
+        aiormq matches a broker return to its publish by message id; with two
+        publishes of one id in flight, a return could be charged to the wrong one.
+        """
+        while (earlier := self._publishing.get(message_id)) is not None:
+            await asyncio.shield(earlier)
+        mine = asyncio.get_running_loop().create_future()
+        self._publishing[message_id] = mine
+        try:
+            yield
+        finally:
+            del self._publishing[message_id]
+            mine.set_result(None)
 
     async def _supervise(self) -> None:
         """Connect, declare, and hold the channel until it closes; then start again."""

@@ -1,6 +1,7 @@
 """Running the receiver: listen, wait for SIGTERM or SIGINT, then shut down in order.
 
-The order is: report not ready and refuse new deliveries, stop listening, let
+The order is: report not ready, keep taking deliveries for SHUTDOWN_GRACE seconds
+while load balancers notice, refuse new deliveries and stop listening, let
 in-flight publishes reach their confirm (each is bounded by PUBLISH_TIMEOUT),
 then close the broker connection.
 """
@@ -29,13 +30,14 @@ async def serve(settings: Settings) -> None:
         # In-flight handlers finish within PUBLISH_TIMEOUT; the second is slack for the answer.
         shutdown_timeout=settings.publish_timeout + 1.0,
     )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await runner.setup()
+    lifecycle = app[CONTEXT].lifecycle
     try:
         await web.TCPSite(runner, settings.host, settings.port).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
         log.info(
             "receiver listening",
             addresses=[f"{host}:{port}" for host, port, *_ in runner.addresses],
@@ -43,8 +45,10 @@ async def serve(settings: Settings) -> None:
             prefix=settings.bus_prefix,
         )
         await stop.wait()
-        log.info("shutting down")
-        app[CONTEXT].lifecycle.draining = True
+        lifecycle.shutting_down = True
+        log.info("shutting down", grace_seconds=settings.shutdown_grace)
+        await asyncio.sleep(settings.shutdown_grace)
     finally:
+        lifecycle.intake_closed = True
         await runner.cleanup()
     log.info("stopped")

@@ -40,8 +40,15 @@ class Settings:
     port: int = 8080
     max_body_bytes: int = 1_048_576
     publish_timeout: float = 5.0
+    shutdown_grace: float = 0.0
     log_level: str = "info"
     log_format: str = "auto"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every secret this configuration holds, for masking in logs."""
+        password = URL(self.amqp_url.value).password
+        values = [s.value for s in (*self.api_keys, *self.shared_secrets)]
+        return tuple(values + ([password] if password else []))
 
     @property
     def broker_display(self) -> str:
@@ -62,6 +69,7 @@ class Settings:
             port=env.integer("PORT", cls.port, low=0, high=65535),
             max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1),
             publish_timeout=env.seconds("PUBLISH_TIMEOUT", cls.publish_timeout),
+            shutdown_grace=env.seconds("SHUTDOWN_GRACE", cls.shutdown_grace, allow_zero=True),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )
@@ -146,7 +154,7 @@ class EnvReader:
             raise SettingsError(name, f"must be an integer {bounds}, got {value}")
         return value
 
-    def seconds(self, name: str, default: float) -> float:
+    def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -154,8 +162,10 @@ class EnvReader:
             value = float(raw)
         except ValueError:
             raise SettingsError(name, f"must be a number of seconds, got {raw!r}") from None
-        if not 0 < value <= 3600:
-            raise SettingsError(name, f"must be more than 0 and at most 3600 seconds, got {raw}")
+        above_floor = value >= 0 if allow_zero else value > 0
+        if not above_floor or not value <= 3600:  # written so that NaN fails too
+            least = "at least 0" if allow_zero else "more than 0"
+            raise SettingsError(name, f"must be {least} and at most 3600 seconds, got {raw}")
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:

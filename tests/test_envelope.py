@@ -111,6 +111,9 @@ def test_unusable_ids_fall_back_to_body_digest(payload: dict[str, object]) -> No
         ({"FrontOfficeTenantId": True}, None),
         ({"FrontOfficeTenantId": 2**63}, None),
         ({"FrontOfficeTenantId": "six"}, None),
+        ({"FrontOfficeTenantId": "\u00b2"}, None),
+        ({"FrontOfficeTenantId": "\u0661\u0662"}, None),
+        ({"FrontOfficeTenantId": "9" * 5000}, None),
         ({}, None),
     ],
 )

@@ -124,19 +124,46 @@ async def test_probes(client: Client, publisher: MemoryPublisher) -> None:
     assert await response.json() == {
         "status": "not_ready",
         "broker": "disconnected",
-        "draining": False,
+        "shutting_down": False,
     }
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_draining_refuses_intake_and_turns_not_ready(
+async def test_shutdown_turns_not_ready_then_closes_intake(
     client: Client, publisher: MemoryPublisher
 ) -> None:
-    client.app[CONTEXT].lifecycle.draining = True
+    lifecycle = client.app[CONTEXT].lifecycle
+    lifecycle.shutting_down = True
     assert (await client.get("/readyz")).status == 503
+    # During the grace period deliveries are still taken.
+    response = await client.post(WEBHOOK_PATH, data=BODY, headers={"X-api-key": API_KEYS[0]})
+    assert response.status == 200
+    lifecycle.intake_closed = True
     response = await client.post(WEBHOOK_PATH, data=BODY, headers={"X-api-key": API_KEYS[0]})
     assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert len(publisher.published) == 1
+
+
+async def test_encoded_bodies_are_refused(client: Client, publisher: MemoryPublisher) -> None:
+    headers = {"X-api-key": API_KEYS[0], "Content-Encoding": "gzip"}
+    response = await client.post(WEBHOOK_PATH, data=b"\x1f\x8bnot-gzip", headers=headers)
+    assert response.status == 415
     assert publisher.published == []
+
+
+async def test_a_crash_in_parsing_still_quarantines(
+    client: Client, publisher: MemoryPublisher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(body: bytes) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("service.envelope.parse", broken)
+    response = await client.post(WEBHOOK_PATH, data=BODY, headers={"X-api-key": API_KEYS[0]})
+    assert response.status == 200
+    [message] = publisher.published
+    assert message.properties.headers is not None
+    assert message.properties.headers["x-invalid-reason"] == "parse_error"
 
 
 async def test_the_app_owns_the_publisher_lifetime(

@@ -10,14 +10,16 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_PASSWORD = "guest"
@@ -76,40 +78,58 @@ class Receiver:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture
-async def receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[Receiver]:
-    port = free_port()
-    log = tmp_path / "receiver.log"
-    env = base_env(
-        AMQP_URL=AMQP_URL,
-        BUS_PREFIX=bus.names.prefix,
-        WEBHOOK_API_KEYS=",".join(API_KEYS),
-        WEBHOOK_SHARED_SECRETS=",".join(SHARED_SECRETS),
-        HOST="127.0.0.1",
-        PORT=str(port),
-        LOG_FORMAT="json",
-        PUBLISH_TIMEOUT="3",
-    )
-    with log.open("w") as stderr:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", env=env, stderr=stderr
-        )
-    running = Receiver(process, port, log)
+SpawnReceiver = Callable[..., Awaitable[Receiver]]
+
+
+async def readyz(url: str) -> int | None:
+    """The `/readyz` status, or None when nothing answers."""
     try:
-        async with aiohttp.ClientSession() as session, asyncio.timeout(15):
-            while True:
-                try:
-                    async with session.get(f"{running.url}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as response:
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+@pytest.fixture
+async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnReceiver]:
+    """Start `python -m service` on the test's prefix; kill what is left at the end."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def spawn(**overrides: str) -> Receiver:
+        port = free_port()
+        log = tmp_path / f"receiver-{port}.log"
+        settings = {
+            "AMQP_URL": AMQP_URL,
+            "BUS_PREFIX": bus.names.prefix,
+            "WEBHOOK_API_KEYS": ",".join(API_KEYS),
+            "WEBHOOK_SHARED_SECRETS": ",".join(SHARED_SECRETS),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_FORMAT": "json",
+            "PUBLISH_TIMEOUT": "3",
+        }
+        env = base_env(**{**settings, **overrides})
+        with log.open("w") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service", env=env, stderr=stderr
+            )
+        processes.append(process)
+        running = Receiver(process, port, log)
+        async with asyncio.timeout(15):
+            while await readyz(running.url) != 200:
                 await asyncio.sleep(0.05)
-        yield running
-    finally:
+        return running
+
+    yield spawn
+    for process in processes:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture
+async def receiver(spawn_receiver: SpawnReceiver) -> Receiver:
+    return await spawn_receiver()
 
 
 async def test_sigterm_during_a_burst_loses_nothing(bus: BusView, receiver: Receiver) -> None:
@@ -179,3 +199,61 @@ async def test_logs_hold_no_secret_and_no_body(bus: BusView, receiver: Receiver)
         assert secret not in text
     for fragment in ("GoodTalentId", "ResourceModelType", "Avionte.Commons"):
         assert fragment not in text
+
+
+async def test_sigterm_waits_for_publishes_held_by_a_stalled_broker(
+    bus: BusView, spawn_receiver: SpawnReceiver
+) -> None:
+    url = URL(AMQP_URL)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
+        through_proxy = str(url.with_host("127.0.0.1").with_port(proxy.port))
+        receiver = await spawn_receiver(AMQP_URL=through_proxy, SHUTDOWN_GRACE="1")
+        everything = await bus.probe("#")
+        template = json.loads(fixture_bodies()["talent_created"])
+        proxy.stall()
+        async with aiohttp.ClientSession() as session:
+
+            async def deliver(correlation_id: str) -> int:
+                body = json.dumps({**template, "CorrelationId": correlation_id}).encode()
+                async with session.post(
+                    f"{receiver.url}/webhooks/avionte",
+                    data=body,
+                    headers={"X-api-key": API_KEYS[0]},
+                ) as response:
+                    return response.status
+
+            ids = [str(uuid.uuid4()) for _ in range(20)]
+            held = [asyncio.create_task(deliver(cid)) for cid in ids]
+            await asyncio.sleep(0.5)  # every publish is now waiting for its confirm
+            receiver.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            assert await readyz(receiver.url) == 503  # not ready at once, during the grace
+            proxy.resume()
+            statuses = await asyncio.gather(*held)
+        assert await receiver.process.wait() == 0
+    assert statuses == [200] * len(ids)
+    on_queue = [str(message.message_id) for message in await bus.drain(everything)]
+    assert sorted(on_queue) == sorted(ids)
+
+
+async def test_malformed_headers_never_leak_a_secret(bus: BusView, receiver: Receiver) -> None:
+    host, port = receiver.url.removeprefix("http://").split(":")
+    for header in (
+        f"X-api-key: {API_KEYS[0]}\x01",
+        f"X-Payload-Signature: {SHARED_SECRETS[0]}\r",
+        f"X-api-key {API_KEYS[1]}",
+    ):
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /webhooks/avionte HTTP/1.1\r\nHost: x\r\n{header}\r\n"
+            "Content-Length: 2\r\n\r\n{}".encode()
+        )
+        await writer.drain()
+        status_line = await reader.readline()
+        writer.close()
+        assert status_line.split()[1] in (b"400", b"401")
+    receiver.process.send_signal(signal.SIGTERM)
+    assert await receiver.process.wait() == 0
+    text = receiver.log.read_text()
+    for secret in (*API_KEYS, *SHARED_SECRETS):
+        assert secret not in text

@@ -59,6 +59,7 @@ def test_every_variable_is_read() -> None:
         ({**BASE, "PUBLISH_TIMEOUT": "soon"}, "PUBLISH_TIMEOUT"),
         ({**BASE, "PUBLISH_TIMEOUT": "0"}, "PUBLISH_TIMEOUT"),
         ({**BASE, "PUBLISH_TIMEOUT": "nan"}, "PUBLISH_TIMEOUT"),
+        ({**BASE, "SHUTDOWN_GRACE": "-1"}, "SHUTDOWN_GRACE"),
         ({**BASE, "BUS_PREFIX": "has space"}, "BUS_PREFIX"),
         ({**BASE, "BUS_PREFIX": ".hidden"}, "BUS_PREFIX"),
         ({**BASE, "LOG_LEVEL": "loud"}, "LOG_LEVEL"),
