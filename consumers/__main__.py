@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, option, None)
             if value is not None and value < 1:
                 raise SettingsError(f"--{option}", "must be at least 1")
-        configure_logging(settings.log_level, settings.log_format)
+        configure_logging(settings.log_level, settings.log_format, redact=settings.secret_values())
         if args.command == "list":
             _list(args.names, settings)
         elif args.command == "run":

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from yarl import URL
+
 from service.settings import LOG_FORMATS, LOG_LEVELS, EnvReader, Secret, Settings
 
 
@@ -17,6 +19,11 @@ class WorkerSettings:
     shutdown_timeout: float = 30.0
     log_level: str = "info"
     log_format: str = "auto"
+
+    def secret_values(self) -> tuple[str, ...]:
+        """The broker password, for masking in logs."""
+        password = URL(self.amqp_url.value).password
+        return (password,) if password else ()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:

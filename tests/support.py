@@ -9,13 +9,16 @@ import hmac
 import json
 import os
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from service.bus import BusNames
+from service.auth import AuthMethod
+from service.bus import BusNames, Receipt, event_message
+from service.envelope import parse
 from service.settings import Secret, Settings
 from service.topology import declare_receiver_topology
 
@@ -82,6 +85,7 @@ class BusView:
     def __init__(self, channel: AbstractChannel, names: BusNames) -> None:
         self.channel = channel
         self.names = names
+        self._extra_queues: set[str] = set()
 
     async def declare(self) -> None:
         await declare_receiver_topology(self.channel, self.names)
@@ -116,8 +120,27 @@ class BusView:
             messages.append(message)
         return messages
 
+    async def publish_event(self, name: str, **fields: Any) -> str:
+        """Publish an event as the receiver would, with confirm; return its message id."""
+        body = json.dumps({"EventName": name, "FrontOfficeTenantId": 6, **fields}).encode()
+        receipt = Receipt(str(uuid.uuid4()), AuthMethod.API_KEY, datetime.now(UTC))
+        message = event_message(self.names, parse(body), body, receipt)
+        underlay = await self.channel.get_underlay_channel()
+        await underlay.basic_publish(
+            message.body,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            properties=message.properties,
+            mandatory=True,
+        )
+        return message.message_id
+
+    def forget_later(self, *queues: str) -> None:
+        """Delete these queues with the rest at the end of the test."""
+        self._extra_queues.update(queues)
+
     async def remove_all(self) -> None:
-        for queue in (self.names.unrouted, self.names.invalid):
+        for queue in (self.names.unrouted, self.names.invalid, *sorted(self._extra_queues)):
             await self.channel.queue_delete(queue)
         for exchange in (self.names.events, self.names.unrouted):
             await self.channel.exchange_delete(exchange)

@@ -1,0 +1,1 @@
+"""Consumer modules that live outside the `consumers` package, run by tests as subprocesses."""
