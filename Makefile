@@ -4,10 +4,6 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-# Development credentials for `make run`; never use them anywhere else.
-DEV_API_KEY       ?= dev-api-key
-DEV_SHARED_SECRET ?= dev-shared-secret
-
 .PHONY: run test lint typecheck pytest rabbitmq venv clean
 
 venv: $(STAMP)
@@ -24,9 +20,7 @@ rabbitmq:
 	@deploy/local/ensure-rabbitmq "$${AMQP_URL:-}"
 
 run: venv rabbitmq
-	@echo "Receiver on http://localhost:$${PORT:-8080}/webhooks/avionte"
-	@echo "Development credentials:  X-api-key: $(DEV_API_KEY)   shared secret: $(DEV_SHARED_SECRET)"
-	WEBHOOK_API_KEYS=$(DEV_API_KEY) WEBHOOK_SHARED_SECRETS=$(DEV_SHARED_SECRET) $(BIN)/python -m service
+	@VENV=$(VENV) deploy/local/run-dev
 
 test: lint typecheck pytest
 

@@ -106,7 +106,11 @@ class Worker:
             await stop.wait()
             log.info("worker stopping", in_flight=len(self._in_flight))
             for item in running:
-                await item.queue.cancel(item.tag)
+                try:
+                    await item.queue.cancel(item.tag)
+                except Exception as exc:
+                    # Without a link nothing more arrives anyway; unacked messages go back.
+                    log.warning("could not cancel the consumer", error_type=type(exc).__name__)
             await self._drain()
         finally:
             await connection.close()

@@ -12,9 +12,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from consumers.consumer import Consumer
+from consumers.settings import WorkerSettings
+from consumers.worker import Worker
 from service.app import create_app
 from service.logs import configure_logging
-from tests.support import AMQP_URL, BusView, open_bus, receiver_settings
+from service.settings import Secret
+from tests.support import AMQP_URL, BusView, consumer_queue_names, open_bus, receiver_settings
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -63,3 +67,51 @@ def start_receiver(aiohttp_client: Any, bus: BusView) -> ReceiverFactory:
         return client
 
     return start
+
+
+class RunningWorker:
+    """A worker running in the test's event loop until `stop()` or the end of the test."""
+
+    def __init__(self, worker: Worker, stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+        self.worker = worker
+        self._stop = stop
+        self._task = task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._task
+
+
+WorkerFactory = Callable[..., Awaitable[RunningWorker]]
+
+
+@pytest.fixture
+async def run_worker(bus: BusView) -> AsyncIterator[WorkerFactory]:
+    """Start in-process workers on the test's prefix; stop them and delete their queues after."""
+    running: list[RunningWorker] = []
+
+    async def start(
+        *consumers: Consumer, amqp_url: str = AMQP_URL, concurrency: int | None = None
+    ) -> RunningWorker:
+        for consumer in consumers:
+            bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+        settings = WorkerSettings(
+            amqp_url=Secret(amqp_url), bus_prefix=bus.names.prefix, shutdown_timeout=5.0
+        )
+        worker = Worker(consumers, settings, concurrency=concurrency)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        ready = asyncio.create_task(worker.ready.wait())
+        await asyncio.wait([task, ready], timeout=15, return_when=asyncio.FIRST_COMPLETED)
+        if not worker.ready.is_set():
+            ready.cancel()
+            stop.set()
+            await task  # re-raises what stopped the worker
+            pytest.fail("worker did not start within 15 s")
+        handle = RunningWorker(worker, stop, task)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.stop()

@@ -16,6 +16,8 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
+from consumers.consumer import Consumer
+from consumers.topology import ConsumerQueues
 from service.auth import AuthMethod
 from service.bus import BusNames, Receipt, event_message
 from service.envelope import parse
@@ -30,6 +32,14 @@ SHARED_SECRETS = ("test-shared-Secret-Charlie-5be1", "test-shared-Secret-Delta-0
 ALL_SECRETS = (*API_KEYS, *SHARED_SECRETS)
 
 AUTH_METHODS = ("api_key", "shared_secret", "hmac_hex", "hmac_base64")
+
+
+def consumer_queue_names(prefix: str, consumer: Consumer) -> list[str]:
+    """Every queue a worker declares for `consumer`."""
+    queues = ConsumerQueues(prefix, consumer.name)
+    return [queues.main, queues.dead, queues.bindings] + [
+        queues.retry(delay) for delay in consumer.retry_delays
+    ]
 
 
 def fixture_bodies() -> dict[str, bytes]:
