@@ -1,0 +1,73 @@
+"""The example consumers, run by a real worker against the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from consumers import audit_log, placement_sync
+from consumers.topology import ConsumerQueues
+from tests.conftest import WorkerFactory
+from tests.support import BusView
+
+pytestmark = pytest.mark.rabbit
+
+
+async def test_audit_log_appends_one_line_per_event(
+    bus: BusView, run_worker: WorkerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_log.record, "directory", tmp_path)
+    await run_worker(audit_log.consumer)
+    sent = [
+        await bus.publish_event(name, CorrelationId=f"audit-{name}")
+        for name in ("talent_created", "company_updated", "AcmeBenefitEvent")
+    ]
+    day = tmp_path / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    async with asyncio.timeout(10):
+        while not day.exists() or len(day.read_text().splitlines()) < len(sent):
+            await asyncio.sleep(0.05)
+    lines = [json.loads(line) for line in day.read_text().splitlines()]
+    assert sorted(line["message_id"] for line in lines) == sorted(sent)
+    by_id = {line["message_id"]: line for line in lines}
+    assert by_id["audit-AcmeBenefitEvent"]["routing_key"] == "acme.benefit.event"
+    assert by_id["audit-talent_created"]["payload"]["EventName"] == "talent_created"
+    assert by_id["audit-talent_created"]["tenant_id"] == 6
+
+
+class FakeAvionte:
+    """Answers placements from memory and remembers what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int | None, int]] = []
+
+    async def get_placement(self, tenant_id: int | None, placement_id: int) -> dict[str, Any]:
+        self.calls.append((tenant_id, placement_id))
+        return {"PlacementId": placement_id, "Status": "Active"}
+
+
+async def test_placement_sync_fetches_once_per_message_and_rejects_what_it_cannot_use(
+    bus: BusView, run_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeAvionte()
+    monkeypatch.setattr(placement_sync.sync, "client", fake)
+    monkeypatch.setattr(placement_sync.sync, "seen", placement_sync.SeenMessages())
+    await run_worker(placement_sync.consumer, concurrency=1)
+
+    resource = json.dumps({"PlacementId": 86635, "PlacementExtensionId": 86635})
+    await bus.publish_event("placement_updated", CorrelationId="p-1", Resource=resource)
+    await bus.publish_event("placement_updated", CorrelationId="p-1", Resource=resource)
+    extension = json.dumps({"PlacementId": 4242})
+    await bus.publish_event("placement_extension_deleted", CorrelationId="p-2", Resource=extension)
+    await bus.publish_event("placement_started", CorrelationId="p-3", Resource='{"JobId": 1}')
+
+    dead_queue = await bus.queue(ConsumerQueues(bus.names.prefix, "placement-sync").dead)
+    dead = await bus.get(dead_queue, timeout=10)
+    assert dead.message_id == "p-3"
+    assert dead.headers["x-error-type"] == "Reject"
+    await asyncio.sleep(0.3)
+    assert fake.calls == [(6, 86635), (6, 4242)]
