@@ -11,6 +11,7 @@ from service.errors import SettingsError
 from service.logs import configure_logging
 from service.server import serve
 from service.settings import Settings
+from service.spool import SpoolUnusable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format, redact=settings.secret_values())
     try:
         asyncio.run(serve(settings))
+    except SpoolUnusable as exc:
+        print(f"error: SPOOL_DIR: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(
             f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",

@@ -20,6 +20,8 @@ from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_mess
 from service.errors import InvalidEnvelope, PublishFailed, Unauthorized
 from service.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
+from service.spool import SpoolError
+from service.store import DurableStore
 
 WEBHOOK_PATH = "/webhooks/avionte"
 # Avionté retries on its own schedule; this hints other senders not to hammer a recovering broker.
@@ -43,7 +45,7 @@ class Context:
     settings: Settings
     names: BusNames
     authenticator: Authenticator
-    publisher: Publisher
+    store: DurableStore
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -121,13 +123,13 @@ async def receive(request: web.Request) -> web.Response:
     line["message_id"] = message.message_id
 
     try:
-        await ctx.publisher.publish(message)
-    except PublishFailed as failure:
+        line["stored"] = await ctx.store.store(message)
+    except (PublishFailed, SpoolError) as failure:
         line["error"] = type(failure).__name__
         return done(_unavailable(), "unavailable")
     except Exception:
         # Nothing was stored, so the only honest answer is a deliberate 503.
-        log.exception("publish raised unexpectedly", **line)
+        log.exception("storing raised unexpectedly", **line)
         return done(_unavailable(), "unavailable")
     return done(_json(200, {"status": outcome, "id": message.message_id}), outcome)
 
@@ -140,21 +142,20 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     """Readiness: deliveries can be stored durably and the receiver is not shutting down."""
     ctx = request.app[CONTEXT]
-    broker = "connected" if ctx.publisher.ready else "disconnected"
-    ready = ctx.publisher.ready and not ctx.lifecycle.shutting_down
+    ready = ctx.store.ready and not ctx.lifecycle.shutting_down
     payload = {
         "status": "ready" if ready else "not_ready",
-        "broker": broker,
+        **ctx.store.status(),
         "shutting_down": ctx.lifecycle.shutting_down,
     }
     return _json(200 if ready else 503, payload)
 
 
-async def _publisher_lifetime(app: web.Application) -> AsyncIterator[None]:
-    publisher = app[CONTEXT].publisher
-    await publisher.start()
+async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
+    store = app[CONTEXT].store
+    await store.start()
     yield
-    await publisher.close()
+    await store.close()
 
 
 def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web.Application:
@@ -167,8 +168,11 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
         shared_secrets=[secret.value for secret in settings.shared_secrets],
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
-    app[CONTEXT] = Context(settings, names, authenticator, publisher)
-    app.cleanup_ctx.append(_publisher_lifetime)
+    store = DurableStore(
+        publisher, spool_dir=settings.spool_dir, spool_max_bytes=settings.spool_max_bytes
+    )
+    app[CONTEXT] = Context(settings, names, authenticator, store)
+    app.cleanup_ctx.append(_store_lifetime)
     app.router.add_post(WEBHOOK_PATH, receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

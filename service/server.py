@@ -27,8 +27,8 @@ async def serve(settings: Settings) -> None:
         app,
         access_log=None,
         handle_signals=False,
-        # In-flight handlers finish within PUBLISH_TIMEOUT; the second is slack for the answer.
-        shutdown_timeout=settings.publish_timeout + 1.0,
+        # In-flight handlers finish within PUBLISH_TIMEOUT plus a spool write; the rest is slack.
+        shutdown_timeout=settings.publish_timeout + 5.0,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

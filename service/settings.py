@@ -41,6 +41,8 @@ class Settings:
     max_body_bytes: int = 1_048_576
     publish_timeout: float = 5.0
     shutdown_grace: float = 0.0
+    spool_dir: Path | None = None
+    spool_max_bytes: int = 1024**3
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -70,6 +72,8 @@ class Settings:
             max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1),
             publish_timeout=env.seconds("PUBLISH_TIMEOUT", cls.publish_timeout),
             shutdown_grace=env.seconds("SHUTDOWN_GRACE", cls.shutdown_grace, allow_zero=True),
+            spool_dir=env.path("SPOOL_DIR"),
+            spool_max_bytes=env.integer("SPOOL_MAX_BYTES", cls.spool_max_bytes, low=1),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )
@@ -111,6 +115,10 @@ class EnvReader:
 
     def text(self, name: str, default: str) -> str:
         return self._raw(name) or default
+
+    def path(self, name: str) -> Path | None:
+        raw = self._raw(name)
+        return Path(raw) if raw is not None else None
 
     def secrets(self, name: str) -> tuple[Secret, ...]:
         raw = self._secret_raw(name)

@@ -124,6 +124,7 @@ async def test_probes(client: Client, publisher: MemoryPublisher) -> None:
     assert await response.json() == {
         "status": "not_ready",
         "broker": "disconnected",
+        "spool": None,
         "shutting_down": False,
     }
     assert (await client.get("/healthz")).status == 200
