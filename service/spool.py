@@ -85,6 +85,8 @@ class Spool:
         self._write_lock = asyncio.Lock()
         self._appended = asyncio.Event()
         self._failed_at: float | None = None
+        # The largest record seen, as the room a next delivery is likely to need.
+        self._largest = 1024
 
     @classmethod
     def open(cls, directory: Path, *, max_bytes: int) -> Spool:
@@ -119,7 +121,8 @@ class Spool:
     @property
     def accepting(self) -> bool:
         """Whether a delivery could be spooled now."""
-        return not self._recently_failed() and self._bytes + self._reserved < self.max_bytes
+        room = self.max_bytes - self._bytes - self._reserved
+        return not self._recently_failed() and room >= self._largest
 
     def _recently_failed(self) -> bool:
         failed_at = self._failed_at
@@ -186,6 +189,7 @@ class Spool:
     async def append(self, message: Outgoing) -> None:
         """Return once `message` is durably on disk; raise `SpoolError` if it cannot be."""
         record = encode(message)
+        self._largest = max(self._largest, len(record))
         if self._bytes + self._reserved + len(record) > self.max_bytes:
             raise SpoolFull(f"spool holds {self._bytes} bytes; SPOOL_MAX_BYTES is {self.max_bytes}")
         done = asyncio.get_running_loop().create_future()

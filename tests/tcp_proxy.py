@@ -61,27 +61,23 @@ class TcpProxy:
         await asyncio.gather(*links, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._refusing:
-            writer.close()
-            return
         task = asyncio.current_task()
         assert task is not None
+        ends = [writer]
         self._links.add(task)
         try:
+            if self._refusing:
+                return
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
-        except OSError:
-            self._links.discard(task)
-            writer.close()
-            return
-        try:
+            ends.append(up_writer)
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             self._links.discard(task)
-            for end in (writer, up_writer):
+            for end in ends:
                 end.close()
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await end.wait_closed()
 
     async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
