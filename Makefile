@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest rabbitmq venv clean
+.PHONY: run test lint typecheck pytest faults rabbitmq venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ typecheck: venv
 pytest: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	$(BIN)/pytest
+
+faults: venv
+	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	$(BIN)/pytest -m faults -s tests/faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

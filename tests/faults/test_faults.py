@@ -1,0 +1,208 @@
+"""Fault injection: 2,000 deliveries at 50 connections through each failure, and nothing lost.
+
+Each scenario prints one line: sent, final 200s, final 503s, other failures, delivered,
+duplicates and lost. A real worker process counts deliveries by message id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import pytest
+from yarl import URL
+
+from service.app import WEBHOOK_PATH
+from tests.faults.harness import Harness, OwnedBroker
+from tests.faults.load import Load, deliveries, run_load
+from tests.support import AMQP_URL
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
+
+TOTAL = 2000
+CONNECTIONS = 50
+OUTAGE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Report:
+    scenario: str
+    sent: int
+    ok: int
+    unavailable: int
+    other: int
+    delivered: int
+    duplicates: int
+    lost: int
+    seconds: float
+
+    def line(self) -> str:
+        return (
+            f"{self.scenario:<28} sent {self.sent:5d}  200 {self.ok:5d}  503 {self.unavailable:4d}"
+            f"  other {self.other:4d}  delivered {self.delivered:5d}"
+            f"  duplicates {self.duplicates:4d}  lost {self.lost}  ({self.seconds:.1f} s)"
+        )
+
+
+@asynccontextmanager
+async def proxy_to(amqp_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    url = URL(amqp_url)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
+        yield proxy, str(url.with_host("127.0.0.1").with_port(proxy.port))
+
+
+async def finish(
+    name: str, harness: Harness, load: Load, task: asyncio.Task[None], started: float
+) -> Report:
+    """Wait for the load and for every accepted delivery to be counted; print and check."""
+    await task
+    accepted = load.accepted
+    try:
+        async with asyncio.timeout(120):
+            while not accepted <= set(harness.counted()):
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        pass  # the report below says what is missing
+    await asyncio.sleep(1.0)  # late duplicates
+    counted = harness.counted()
+    sent_ids = set(load.final)
+    ours = Counter({cid: n for cid, n in counted.items() if cid in sent_ids})
+    finals = Counter(load.final.values())
+    report = Report(
+        scenario=name,
+        sent=len(load.final),
+        ok=finals[200],
+        unavailable=finals[503],
+        other=sum(n for outcome, n in finals.items() if outcome not in (200, 503)),
+        delivered=len(ours),
+        duplicates=sum(ours.values()) - len(ours),
+        lost=len(accepted - set(ours)),
+        seconds=time.monotonic() - started,
+    )
+    print(f"\nFAULTS {report.line()}", flush=True)
+    assert report.sent == TOTAL
+    assert report.lost == 0
+    return report
+
+
+def start_load(harness: Harness, **options: object) -> tuple[Load, asyncio.Task[None], float]:
+    load = Load()
+    url = harness.url + WEBHOOK_PATH
+    task = asyncio.create_task(
+        run_load(url, deliveries(TOTAL), load, connections=CONNECTIONS, **options)  # type: ignore[arg-type]
+    )
+    return load, task, time.monotonic()
+
+
+async def test_cut_link(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        await harness.receiver(amqp_url=through)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        proxy.refuse(True)
+        await proxy.cut()
+        await asyncio.sleep(OUTAGE_SECONDS)
+        proxy.refuse(False)
+        report = await finish("cut link 10 s", harness, load, task, started)
+    assert report.ok == TOTAL
+
+
+async def test_cut_link_without_a_spool(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        await harness.receiver(amqp_url=through, spool=False)
+        load, task, started = start_load(harness, retries=())
+        await load.until(TOTAL // 4)
+        proxy.refuse(True)
+        await proxy.cut()
+        await asyncio.sleep(OUTAGE_SECONDS)
+        proxy.refuse(False)
+        report = await finish("cut link 10 s, no spool", harness, load, task, started)
+    assert set(load.answers) <= {200, 503}
+    assert report.unavailable > 0
+
+
+async def test_stalled_link(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        await harness.receiver(amqp_url=through)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        proxy.stall()
+        await asyncio.sleep(OUTAGE_SECONDS)
+        proxy.resume()
+        report = await finish("stalled link 10 s", harness, load, task, started)
+    assert report.ok == TOTAL
+
+
+async def test_receiver_killed_while_spooling(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        receiver = await harness.receiver(amqp_url=through)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        proxy.refuse(True)
+        await proxy.cut()
+        await load.until(TOTAL // 2)
+        assert await receiver.stop(signal.SIGKILL) == -signal.SIGKILL
+        await harness.receiver(amqp_url=through)  # same port, same spool
+        await asyncio.sleep(2)
+        proxy.refuse(False)
+        report = await finish("receiver SIGKILL spooling", harness, load, task, started)
+    assert report.ok == TOTAL
+
+
+async def test_receiver_terminated(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        receiver = await harness.receiver(amqp_url=through)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        proxy.refuse(True)
+        await proxy.cut()
+        await load.until(TOTAL // 2)
+        assert await receiver.stop(signal.SIGTERM) == 0  # with records still spooled
+        await harness.receiver(amqp_url=through)
+        proxy.refuse(False)
+        report = await finish("receiver SIGTERM", harness, load, task, started)
+    assert report.ok == TOTAL
+
+
+async def test_worker_killed(harness: Harness) -> None:
+    worker = await harness.worker()
+    await harness.receiver()
+    load, task, started = start_load(harness)
+    await load.until(TOTAL // 3)
+    await worker.stop(signal.SIGKILL)
+    await asyncio.sleep(1)
+    await harness.worker()
+    report = await finish("worker SIGKILL", harness, load, task, started)
+    assert report.ok == TOTAL
+
+
+async def test_broker_restarted(harness: Harness) -> None:
+    broker = OwnedBroker()
+    reason = await broker.start()
+    try:
+        if reason is not None:
+            print(f"\nFAULTS broker restart: skipped, {reason}", flush=True)
+            pytest.skip(reason)
+        await harness.worker(amqp_url=broker.url)
+        await harness.receiver(amqp_url=broker.url)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        await asyncio.to_thread(broker.stop_app)
+        await asyncio.sleep(5)
+        await asyncio.to_thread(broker.start_app)
+        report = await finish("broker stop_app/start_app", harness, load, task, started)
+        assert report.ok == TOTAL
+    finally:
+        await harness.close()
+        await asyncio.to_thread(broker.shutdown)
