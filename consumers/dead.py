@@ -99,8 +99,11 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
     Each is acked on `.dead` only after the broker confirmed its copy.
     """
     queue = await channel.declare_queue(queues.dead, passive=True)
+    # Only what is there now: a consumer that rejects at once refills `.dead` meanwhile.
+    available = queue.declaration_result.message_count or 0
+    limit = available if limit is None else min(limit, available)
     moved = 0
-    while limit is None or moved < limit:
+    while moved < limit:
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             break

@@ -20,7 +20,8 @@ from service.bus import BusNames
 from service.topology import QUORUM, declare_receiver_topology
 
 # A message that kills its worker again and again goes to `.dead` instead of looping.
-DELIVERY_LIMIT = 20
+# Returns after a broker fault count too, so the limit leaves room for long outages.
+DELIVERY_LIMIT = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,13 @@ class ConsumerQueues:
         return f"{self.main}.bindings"
 
     def retry(self, delay: float) -> str:
-        return f"{self.main}.retry.{delay:g}s"
+        ms = retry_ttl_ms(delay)
+        return f"{self.main}.retry.{ms // 1000}s" if ms % 1000 == 0 else f"{self.main}.retry.{ms}ms"
+
+
+def retry_ttl_ms(delay: float) -> int:
+    """The queue TTL for a retry delay given in seconds."""
+    return max(1, round(delay * 1000))
 
 
 def _dead_lettering(target: str) -> FieldTable:
@@ -74,7 +81,7 @@ async def declare_consumer_topology(
             durable=True,
             arguments={
                 **QUORUM,
-                "x-message-ttl": max(1, round(delay * 1000)),
+                "x-message-ttl": retry_ttl_ms(delay),
                 **_dead_lettering(queues.main),
             },
         )
@@ -99,10 +106,13 @@ async def _sync_bindings(
             bound_before.update(str(p) for p in orjson.loads(message.body))
         except (orjson.JSONDecodeError, TypeError):
             continue
+    # Bind through the plain channel: a robust queue would re-bind every pattern it ever
+    # bound after a reconnect, undoing an unbind made by a newer replica.
+    underlay = await channel.get_underlay_channel()
     for pattern in patterns:
-        await queue.bind(exchange, routing_key=pattern)
+        await underlay.queue_bind(queue.name, exchange, routing_key=pattern)
     for pattern in sorted(bound_before - set(patterns)):
-        await queue.unbind(exchange, routing_key=pattern)
+        await underlay.queue_unbind(queue.name, exchange, routing_key=pattern)
     await channel.default_exchange.publish(
         aio_pika.Message(
             orjson.dumps(list(patterns)), delivery_mode=aio_pika.DeliveryMode.PERSISTENT

@@ -37,9 +37,12 @@ from service.errors import InvalidEnvelope
 log = structlog.get_logger("consumers.worker")
 
 FORWARD_TIMEOUT = 10.0
-# Pause before handing a message back when the broker would not take its copy, so a
-# persistent broker fault cannot turn into a hot loop.
+# Pause before handing a message back when the broker would not take its copy, doubling
+# with each redelivery up to a minute, so a lasting broker fault never becomes a hot loop.
 REQUEUE_PAUSE = 2.0
+MAX_REQUEUE_PAUSE = 60.0
+# Shutdown steps that talk to the broker get this long; without a link they cannot finish.
+SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 MAX_ERROR_MESSAGE = 1000
 # Headers the broker adds on dead-lettering; our own x- headers tell the story instead.
@@ -54,6 +57,7 @@ class NoHandler(Exception):
 class _Running:
     consumer: Consumer
     queues: ConsumerQueues
+    channel: AbstractChannel
     queue: AbstractQueue
     tag: str = ""
 
@@ -106,14 +110,13 @@ class Worker:
             await stop.wait()
             log.info("worker stopping", in_flight=len(self._in_flight))
             for item in running:
-                try:
-                    await item.queue.cancel(item.tag)
-                except Exception as exc:
-                    # Without a link nothing more arrives anyway; unacked messages go back.
-                    log.warning("could not cancel the consumer", error_type=type(exc).__name__)
+                await _bounded(item.queue.cancel(item.tag), "cancel the consumer")
             await self._drain()
+            for item in running:
+                # Closing the channel waits for the broker, so every ack sent before it counts.
+                await _bounded(item.channel.close(), "close the channel")
         finally:
-            await connection.close()
+            await _bounded(connection.close(), "close the connection")
         log.info("worker stopped")
 
     async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
@@ -135,7 +138,8 @@ class Worker:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
         queue = await declare_consumer_topology(channel, self._names, consumer)
-        running = _Running(consumer, ConsumerQueues(self._names.prefix, consumer.name), queue)
+        queues = ConsumerQueues(self._names.prefix, consumer.name)
+        running = _Running(consumer, queues, channel, queue)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self._handle(running, message)
@@ -145,16 +149,20 @@ class Worker:
 
     async def _drain(self) -> None:
         """Wait, bounded by SHUTDOWN_TIMEOUT, for in-flight handlers; cancel what is left."""
-        await asyncio.sleep(0)  # let deliveries already received start their handlers
-        deadline = asyncio.get_running_loop().time() + self._settings.shutdown_timeout
-        while self._in_flight:
-            remaining = deadline - asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.shutdown_timeout
+        while True:
+            # A delivery already received reaches `_handle` through two task hops.
+            await asyncio.sleep(0.05)
+            if not self._in_flight:
+                return
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 log.warning("handlers still running at the deadline; their messages go back")
                 for task in self._in_flight:
                     task.cancel()
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
-                break
+                return
             await asyncio.wait(set(self._in_flight), timeout=remaining)
 
     async def _handle(self, running: _Running, message: AbstractIncomingMessage) -> None:
@@ -172,6 +180,12 @@ class Worker:
         except asyncio.CancelledError:
             log.warning("handler cancelled; the message goes back to the queue")
             raise
+        except Exception:
+            # A fault of the runtime, not of the handler: never leave the message stranded.
+            log.exception("could not settle the message; handing it back")
+            await asyncio.sleep(_requeue_pause(message))
+            await _settle(message.nack(requeue=True))
+            outcome = "requeued"
         finally:
             self._in_flight.discard(task)
         log.info(
@@ -193,15 +207,19 @@ class Worker:
             event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
         )
         handlers = running.consumer.handlers_for(routing_key)
-        if not handlers:
-            failure = NoHandler(f"no handler of {running.consumer.name!r} matches {routing_key!r}")
-            return await self._dead(running, message, routing_key, attempt, failure, "rejected")
         try:
+            if not handlers:
+                # During a rolling deploy another replica may know this pattern: retry.
+                name = running.consumer.name
+                raise NoHandler(f"no handler of {name!r} matches {routing_key!r}")
             for handler in handlers:
                 await handler(event)
         except Reject as rejected:
             return await self._dead(running, message, routing_key, attempt, rejected, "rejected")
-        except Exception as failure:
+        except (Exception, asyncio.CancelledError) as failure:
+            task = asyncio.current_task()
+            if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
+                raise  # the worker itself is cancelling the handler
             log.warning("handler failed", error_type=type(failure).__name__, exc_info=failure)
             delays = running.consumer.retry_delays
             if attempt <= len(delays):
@@ -219,7 +237,7 @@ class Worker:
         message: AbstractIncomingMessage,
         routing_key: str,
         attempt: int,
-        failure: Exception,
+        failure: BaseException,
         outcome: str,
     ) -> str:
         extra = _failure(running, message, routing_key, attempt, failure)
@@ -256,7 +274,7 @@ class Worker:
                 target=target,
                 error_type=type(exc).__name__,
             )
-            await asyncio.sleep(REQUEUE_PAUSE)
+            await asyncio.sleep(_requeue_pause(message))
             await _settle(message.nack(requeue=True))
             return False
         await _settle(message.ack())
@@ -268,7 +286,7 @@ def _failure(
     message: AbstractIncomingMessage,
     routing_key: str,
     attempt: int,
-    failure: Exception,
+    failure: BaseException,
 ) -> FieldTable:
     now = _now()
     first = (message.headers or {}).get("x-first-failure-at")
@@ -281,6 +299,20 @@ def _failure(
         "x-first-failure-at": first if isinstance(first, str) else now,
         "x-last-failure-at": now,
     }
+
+
+def _requeue_pause(message: AbstractIncomingMessage) -> float:
+    count = (message.headers or {}).get("x-delivery-count")
+    redeliveries = count if isinstance(count, int) and not isinstance(count, bool) else 0
+    return float(min(REQUEUE_PAUSE * 2 ** min(redeliveries, 5), MAX_REQUEUE_PAUSE))
+
+
+async def _bounded(step: Awaitable[object], what: str) -> None:
+    """A shutdown step that may fail or hang without a link; the broker requeues what is left."""
+    try:
+        await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT)
+    except (Exception, TimeoutError) as exc:
+        log.warning(f"could not {what}", error_type=type(exc).__name__)
 
 
 async def _settle(step: Awaitable[None]) -> None:

@@ -12,6 +12,7 @@ from consumers.errors import LoadError, RegistrationError
 from consumers.event import parse_resource
 from consumers.loader import bundled, load
 from consumers.patterns import matches, normalize_pattern
+from consumers.topology import ConsumerQueues
 from consumers.worker import check_unique
 
 
@@ -80,6 +81,13 @@ def test_bad_patterns_fail_at_registration(patterns: tuple[Any, ...], message: s
 def test_bad_consumer_definitions(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(RegistrationError, match=message):
         Consumer(**kwargs)
+
+
+def test_retry_queue_names_are_unique_per_delay() -> None:
+    queues = ConsumerQueues("p", "c")
+    assert queues.retry(5) == "p.c.retry.5s"
+    assert queues.retry(0.2) == "p.c.retry.200ms"
+    assert queues.retry(1_000_000) != queues.retry(1_000_001)
 
 
 def test_duplicate_names_and_empty_consumers_fail_before_running() -> None:

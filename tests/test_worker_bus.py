@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
+from asyncio.subprocess import PIPE
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -106,7 +107,8 @@ async def test_broker_routing_agrees_with_handler_matching(
     await run_worker(*consumers)
     for index, key in enumerate(keys):
         await bus.publish_event(key, CorrelationId=f"k{index}")
-    await asyncio.sleep(1.0)
+    await seen[-1].until(len(keys))
+    await settle()
     # The catch-all consumer saw every key once; each other consumer must have been
     # routed exactly the keys its own handler matching accepts.
     universe = sorted(event.routing_key for event in seen[-1].events)
@@ -196,16 +198,23 @@ async def test_reject_goes_to_dead_at_once(bus: BusView, run_worker: WorkerFacto
     assert attempts == [1]
 
 
-def cli(*args: str, prefix: str) -> subprocess.CompletedProcess[str]:
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def cli(*args: str, prefix: str) -> CliResult:
+    """Run `python -m consumers ...` without blocking the in-process worker."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AMQP_URL": AMQP_URL, "BUS_PREFIX": prefix}
-    return subprocess.run(
-        [sys.executable, "-m", "consumers", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "consumers", *args, env=env, stdout=PIPE, stderr=PIPE
     )
+    async with asyncio.timeout(30):
+        stdout, stderr = await process.communicate()
+    assert process.returncode is not None
+    return CliResult(process.returncode, stdout.decode(), stderr.decode())
 
 
 async def test_dead_shows_and_replay_brings_back(bus: BusView, run_worker: WorkerFactory) -> None:
@@ -226,17 +235,17 @@ async def test_dead_shows_and_replay_brings_back(bus: BusView, run_worker: Worke
         while (await bus.queue(queues.dead)).declaration_result.message_count != 3:
             await asyncio.sleep(0.1)
 
-    shown = cli("dead", "replayable", prefix=bus.names.prefix)
+    shown = await cli("dead", "replayable", prefix=bus.names.prefix)
     assert shown.returncode == 0, shown.stderr
     assert f"{queues.dead}: 3 dead letter(s)" in shown.stdout
     assert "3  ConnectionError: CRM is down" in shown.stdout
     assert (await bus.queue(queues.dead)).declaration_result.message_count == 3
 
     healthy.set()
-    some = cli("replay", "replayable", "--limit", "2", prefix=bus.names.prefix)
+    some = await cli("replay", "replayable", "--limit", "2", prefix=bus.names.prefix)
     assert some.returncode == 0, some.stderr
     assert "replayed 2 dead letter(s)" in some.stdout
-    rest = cli("replay", "replayable", prefix=bus.names.prefix)
+    rest = await cli("replay", "replayable", prefix=bus.names.prefix)
     assert "replayed 1 dead letter(s)" in rest.stdout
     events = await seen.until(3)
     assert sorted(event.message_id for event in events) == sorted(sent)
@@ -303,3 +312,62 @@ async def test_the_worker_resumes_after_a_lost_link(
         await bus.publish_event("talent_created", CorrelationId="after")
         await seen.until(3, within=30)
         assert set(seen.ids) == {"before", "during", "after"}
+
+
+async def test_a_cancelled_error_from_a_handler_is_a_failure_not_a_stall(
+    bus: BusView, run_worker: WorkerFactory
+) -> None:
+    consumer = Consumer("cancelled", retry_delays=(0.1,))
+    attempts: list[int] = []
+
+    @consumer.on("talent_created")
+    async def handle(event: Event) -> None:
+        attempts.append(event.attempt)
+        if event.attempt == 1:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future  # raises CancelledError, though nobody cancelled the worker
+
+    await run_worker(consumer)
+    await bus.publish_event("talent_created", CorrelationId="cancel-1")
+    async with asyncio.timeout(10):
+        while attempts != [1, 2]:
+            await asyncio.sleep(0.05)
+
+
+async def test_replay_stops_at_what_was_there(bus: BusView, run_worker: WorkerFactory) -> None:
+    consumer = Consumer("rejecting", retry_delays=())
+    seen = Seen()
+
+    @consumer.on("job_created")
+    async def handle(event: Event) -> None:
+        seen.add(event)
+        raise Reject("never wanted")
+
+    await run_worker(consumer)
+    await bus.publish_event("job_created", CorrelationId="again-and-again")
+    queues = ConsumerQueues(bus.names.prefix, consumer.name)
+    await bus.get(await bus.queue(queues.dead))  # consume it, then put one back
+    await bus.publish_event("job_created", CorrelationId="again-and-again-2")
+    await seen.until(2)
+    async with asyncio.timeout(10):
+        while (await bus.queue(queues.dead)).declaration_result.message_count != 1:
+            await asyncio.sleep(0.05)
+    replayed = await cli("replay", "rejecting", prefix=bus.names.prefix)
+    assert "replayed 1 dead letter(s)" in replayed.stdout
+
+
+async def test_sigterm_during_an_outage_still_stops(
+    bus: BusView, run_worker: WorkerFactory
+) -> None:
+    url = URL(AMQP_URL)
+    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
+        consumer = Consumer("stoppable")
+        recording(consumer, "talent_created")
+        running = await run_worker(
+            consumer, amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port))
+        )
+        proxy.stall()
+        async with asyncio.timeout(30):
+            await running.stop()
+        proxy.resume()
