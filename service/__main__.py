@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_format, redact=settings.secret_values())
     try:
         asyncio.run(serve(settings))
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except SpoolUnusable as exc:
         print(f"error: SPOOL_DIR: {exc}", file=sys.stderr)
         return 2

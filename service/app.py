@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +19,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from service import envelope
 from service.auth import Authenticator
 from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_message
+from service.damping import FailureDamper
 from service.errors import InvalidEnvelope, PublishFailed, Unauthorized
 from service.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
@@ -46,6 +49,7 @@ class Context:
     names: BusNames
     authenticator: Authenticator
     store: DurableStore
+    damper: FailureDamper
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -67,7 +71,9 @@ async def receive(request: web.Request) -> web.Response:
     started = time.perf_counter()
     ctx = request.app[CONTEXT]
     structlog.contextvars.clear_contextvars()
-    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": request.remote}
+    sources = ctx.settings.sources
+    client = sources.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": str(client)}
 
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -78,6 +84,8 @@ async def receive(request: web.Request) -> web.Response:
 
     if ctx.lifecycle.intake_closed:
         return done(_unavailable(), "shutting_down")
+    if not sources.admits(client):
+        return done(_json(403, {"status": "forbidden"}), "forbidden")
     limit = ctx.settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
@@ -86,7 +94,10 @@ async def receive(request: web.Request) -> web.Response:
     if request.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         return done(_json(415, {"status": "unsupported_content_encoding"}), "bad_request")
     try:
-        body = await request.read()
+        async with asyncio.timeout(ctx.settings.body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        return done(_json(408, {"status": "body_timeout"}, Connection="close"), "bad_request")
     except web.HTTPRequestEntityTooLarge:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
     except HttpProcessingError:
@@ -99,6 +110,12 @@ async def receive(request: web.Request) -> web.Response:
             signature=request.headers.get("X-Payload-Signature"),
         )
     except Unauthorized:
+        wait = ctx.damper.fail(str(client), asyncio.get_running_loop().time())
+        if wait is not None:
+            retry_after = str(math.ceil(wait))
+            return done(
+                _json(429, {"status": "throttled"}, **{"Retry-After": retry_after}), "throttled"
+            )
         return done(_json(401, {"status": "unauthorized"}), "unauthorized")
 
     receipt = Receipt(line["delivery_id"], method, datetime.now(UTC))
@@ -171,7 +188,8 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
     store = DurableStore(
         publisher, spool_dir=settings.spool_dir, spool_max_bytes=settings.spool_max_bytes
     )
-    app[CONTEXT] = Context(settings, names, authenticator, store)
+    damper = FailureDamper(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
+    app[CONTEXT] = Context(settings, names, authenticator, store, damper)
     app.cleanup_ctx.append(_store_lifetime)
     app.router.add_post(WEBHOOK_PATH, receive)
     app.router.add_get("/healthz", healthz)

@@ -4,24 +4,62 @@ The order is: report not ready, keep taking deliveries for SHUTDOWN_GRACE second
 while load balancers notice, refuse new deliveries and stop listening, let
 in-flight publishes reach their confirm (each is bounded by PUBLISH_TIMEOUT),
 then close the broker connection.
+
+The listening socket is the receiver's own, so it can cap concurrent connections
+and serve TLS; aiohttp handles each accepted connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
 from service.app import CONTEXT, create_app
+from service.errors import SettingsError
 from service.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """A server context for TLS 1.2 or newer, or None when TLS is not configured."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise SettingsError(
+            "TLS_CERT_FILE", f"cannot load the certificate and key ({type(exc).__name__})"
+        ) from None
+    return context
+
+
+class _Refused(asyncio.Protocol):
+    """Closes a connection over MAX_CONNECTIONS as soon as it is made."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()
+
+
+def _capped(server: web.Server, limit: int) -> Callable[[], asyncio.BaseProtocol]:
+    def protocol() -> asyncio.BaseProtocol:
+        if len(server.connections) >= limit:
+            return _Refused()
+        return server()
+
+    return protocol
+
+
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return."""
+    context = tls_context(settings)
     app = create_app(settings)
     runner = web.AppRunner(
         app,
@@ -29,6 +67,12 @@ async def serve(settings: Settings) -> None:
         handle_signals=False,
         # In-flight handlers finish within PUBLISH_TIMEOUT plus a spool write; the rest is slack.
         shutdown_timeout=settings.publish_timeout + 5.0,
+        # aiohttp starts this timer when a connection opens and data does not reset it, so
+        # it also bounds how long a client may take to send a request's headers.
+        keepalive_timeout=settings.keepalive_timeout,
+        max_line_size=settings.max_header_bytes,
+        max_field_size=settings.max_header_bytes,
+        max_headers=settings.max_headers,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -36,11 +80,20 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     lifecycle = app[CONTEXT].lifecycle
+    listener: asyncio.Server | None = None
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        assert runner.server is not None
+        listener = await loop.create_server(
+            _capped(runner.server, settings.max_connections),
+            settings.host,
+            settings.port,
+            ssl=context,
+            reuse_address=True,
+        )
         log.info(
             "receiver listening",
-            addresses=[f"{host}:{port}" for host, port, *_ in runner.addresses],
+            addresses=[_address(sock.getsockname()) for sock in listener.sockets],
+            tls=context is not None,
             broker=settings.broker_display,
             prefix=settings.bus_prefix,
         )
@@ -50,5 +103,11 @@ async def serve(settings: Settings) -> None:
         await asyncio.sleep(settings.shutdown_grace)
     finally:
         lifecycle.intake_closed = True
+        if listener is not None:
+            listener.close()
         await runner.cleanup()
     log.info("stopped")
+
+
+def _address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:
+    return f"{name[0]}:{name[1]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from pathlib import Path
 from yarl import URL
 
 from service.errors import SettingsError
+from service.sources import Network, SourcePolicy, parse_networks
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
@@ -43,6 +45,16 @@ class Settings:
     shutdown_grace: float = 0.0
     spool_dir: Path | None = None
     spool_max_bytes: int = 1024**3
+    keepalive_timeout: float = 15.0
+    body_timeout: float = 10.0
+    max_headers: int = 64
+    max_header_bytes: int = 8190
+    max_connections: int = 1024
+    sources: SourcePolicy = field(default_factory=SourcePolicy)
+    auth_failure_limit: int = 100
+    auth_failure_window: float = 60.0
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -74,9 +86,27 @@ class Settings:
             shutdown_grace=env.seconds("SHUTDOWN_GRACE", cls.shutdown_grace, allow_zero=True),
             spool_dir=env.path("SPOOL_DIR"),
             spool_max_bytes=env.integer("SPOOL_MAX_BYTES", cls.spool_max_bytes, low=1),
+            keepalive_timeout=env.seconds("KEEPALIVE_TIMEOUT", cls.keepalive_timeout),
+            body_timeout=env.seconds("BODY_TIMEOUT", cls.body_timeout),
+            max_headers=env.integer("MAX_HEADERS", cls.max_headers, low=8, high=1024),
+            max_header_bytes=env.integer(
+                "MAX_HEADER_BYTES", cls.max_header_bytes, low=256, high=65536
+            ),
+            max_connections=env.integer("MAX_CONNECTIONS", cls.max_connections, low=1),
+            sources=SourcePolicy(
+                allowed=env.networks("ALLOWED_SOURCES"),
+                trusted_proxies=env.networks("TRUSTED_PROXIES"),
+            ),
+            auth_failure_limit=env.integer("AUTH_FAILURE_LIMIT", cls.auth_failure_limit, low=0),
+            auth_failure_window=env.seconds("AUTH_FAILURE_WINDOW", cls.auth_failure_window),
+            tls_cert_file=env.readable("TLS_CERT_FILE"),
+            tls_key_file=env.readable("TLS_KEY_FILE"),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )
+        if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
+            missing = "TLS_KEY_FILE" if settings.tls_key_file is None else "TLS_CERT_FILE"
+            raise SettingsError(missing, "TLS needs both TLS_CERT_FILE and TLS_KEY_FILE")
         if not settings.api_keys and not settings.shared_secrets:
             raise SettingsError(
                 "WEBHOOK_API_KEYS",
@@ -119,6 +149,18 @@ class EnvReader:
     def path(self, name: str) -> Path | None:
         raw = self._raw(name)
         return Path(raw) if raw is not None else None
+
+    def readable(self, name: str) -> Path | None:
+        path = self.path(name)
+        if path is not None and not os.access(path, os.R_OK):
+            raise SettingsError(name, f"cannot read {str(path)!r}")
+        return path
+
+    def networks(self, name: str) -> tuple[Network, ...]:
+        try:
+            return parse_networks(self._raw(name) or "")
+        except ValueError as exc:
+            raise SettingsError(name, str(exc)) from None
 
     def secrets(self, name: str) -> tuple[Secret, ...]:
         raw = self._secret_raw(name)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +21,16 @@ from consumers.worker import Worker
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Secret
-from tests.support import AMQP_URL, BusView, consumer_queue_names, open_bus, receiver_settings
+from tests.receivers import Receiver, SpawnReceiver, base_env, free_port, readyz
+from tests.support import (
+    AMQP_URL,
+    API_KEYS,
+    SHARED_SECRETS,
+    BusView,
+    consumer_queue_names,
+    open_bus,
+    receiver_settings,
+)
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -115,3 +127,40 @@ async def run_worker(bus: BusView) -> AsyncIterator[WorkerFactory]:
     yield start
     for handle in running:
         await handle.stop()
+
+
+@pytest.fixture
+async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnReceiver]:
+    """Start `python -m service` on the test's prefix; kill what is left at the end."""
+    processes: list[asyncio.subprocess.Process] = []
+
+    async def spawn(tls: ssl.SSLContext | None = None, **overrides: str) -> Receiver:
+        port = free_port()
+        log = tmp_path / f"receiver-{port}.log"
+        settings = {
+            "AMQP_URL": AMQP_URL,
+            "BUS_PREFIX": bus.names.prefix,
+            "WEBHOOK_API_KEYS": ",".join(API_KEYS),
+            "WEBHOOK_SHARED_SECRETS": ",".join(SHARED_SECRETS),
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_FORMAT": "json",
+            "PUBLISH_TIMEOUT": "3",
+        }
+        env = base_env(**{**settings, **overrides})
+        with log.open("w") as stderr:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service", env=env, stderr=stderr
+            )
+        processes.append(process)
+        running = Receiver(process, port, log, "https" if tls else "http")
+        async with asyncio.timeout(15):
+            while await readyz(running.url, tls) != 200:
+                await asyncio.sleep(0.05)
+        return running
+
+    yield spawn
+    for process in processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -4,36 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from yarl import URL
 
+from tests.receivers import Receiver, SpawnReceiver, base_env, readyz
 from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies
 from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_PASSWORD = "guest"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def base_env(**extra: str) -> dict[str, str]:
-    keep = {name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ}
-    return {**keep, "PYTHONPATH": str(ROOT), **extra}
 
 
 def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -64,67 +50,6 @@ def test_bad_settings_exit_2_naming_the_variable(env: dict[str, str], variable: 
     assert len(lines) == 1
     assert lines[0].startswith(f"error: {variable}: ")
     assert "31337" not in result.stderr + result.stdout
-
-
-class Receiver:
-    """A receiver process with its stderr captured to a file."""
-
-    def __init__(self, process: asyncio.subprocess.Process, port: int, log: Path) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
-
-
-SpawnReceiver = Callable[..., Awaitable[Receiver]]
-
-
-async def readyz(url: str) -> int | None:
-    """The `/readyz` status, or None when nothing answers."""
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"{url}/readyz") as response:
-            return response.status
-    except aiohttp.ClientConnectionError:
-        return None
-
-
-@pytest.fixture
-async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnReceiver]:
-    """Start `python -m service` on the test's prefix; kill what is left at the end."""
-    processes: list[asyncio.subprocess.Process] = []
-
-    async def spawn(**overrides: str) -> Receiver:
-        port = free_port()
-        log = tmp_path / f"receiver-{port}.log"
-        settings = {
-            "AMQP_URL": AMQP_URL,
-            "BUS_PREFIX": bus.names.prefix,
-            "WEBHOOK_API_KEYS": ",".join(API_KEYS),
-            "WEBHOOK_SHARED_SECRETS": ",".join(SHARED_SECRETS),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LOG_FORMAT": "json",
-            "PUBLISH_TIMEOUT": "3",
-        }
-        env = base_env(**{**settings, **overrides})
-        with log.open("w") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service", env=env, stderr=stderr
-            )
-        processes.append(process)
-        running = Receiver(process, port, log)
-        async with asyncio.timeout(15):
-            while await readyz(running.url) != 200:
-                await asyncio.sleep(0.05)
-        return running
-
-    yield spawn
-    for process in processes:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 @pytest.fixture
