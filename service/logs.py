@@ -95,7 +95,14 @@ def configure_logging(
         )
     )
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only the handler an earlier call installed; leave others (a test's copy) alone.
+    for old in [
+        h for h in root.handlers if getattr(h, "relay", False) or type(h) is logging.StreamHandler
+    ]:
+        root.removeHandler(old)
+        old.close()
+    handler.relay = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
     root.setLevel(numeric)
     for name in _QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.WARNING))

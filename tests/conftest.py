@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from tests.receivers import Receiver, SpawnReceiver, base_env, free_port, readyz
 from tests.support import (
     AMQP_URL,
     API_KEYS,
+    SCANNED_SECRETS,
     SHARED_SECRETS,
     BusView,
     consumer_queue_names,
@@ -35,8 +37,33 @@ from tests.support import (
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
+SUITE_LOG = Path(__file__).resolve().parent.parent / ".test-logs" / "suite.log"
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    # No masking here: the secret scan below must see what the code itself would log.
     configure_logging("debug", "json")
+    SUITE_LOG.parent.mkdir(exist_ok=True)
+    root = logging.getLogger()
+    copy = logging.FileHandler(SUITE_LOG, mode="w", encoding="utf-8")
+    copy.setFormatter(root.handlers[0].formatter)
+    root.addHandler(copy)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the run, search every log it wrote, in-process and from child processes."""
+    yield
+    logging.getLogger().handlers[-1].flush()
+    logs = [SUITE_LOG, *tmp_path_factory.getbasetemp().rglob("*.log")]
+    leaks = [
+        f"{path}: {secret[:4]}..."
+        for path in logs
+        if path.is_file()
+        for secret in SCANNED_SECRETS
+        if secret in path.read_text(errors="replace")
+    ]
+    assert not leaks, f"secrets found in logs: {leaks}"
 
 
 @pytest.fixture(scope="session")
