@@ -8,10 +8,11 @@ message bodies that a library would put in a log are left out.
 
 from __future__ import annotations
 
+import io
 import logging
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -54,53 +55,77 @@ class _NoPayloads(logging.Filter):
         return True
 
 
+class _BytesLogger(structlog.BytesLogger):
+    """A BytesLogger that can carry the name it was asked for."""
+
+
+def _named(logger: Any, args: tuple[Any, ...]) -> Any:
+    # structlog's add_logger_name reads `.name`, as on a standard library logger.
+    logger.name = str(args[0]) if args else "relay"
+    return logger
+
+
 def configure_logging(
-    level: str = "info", fmt: str = "auto", *, redact: Iterable[str] = ()
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    redact: Iterable[str] = (),
+    stream: BinaryIO | None = None,
 ) -> None:
     """Configure structlog and the standard library once, for the whole process.
 
     `redact` holds every secret the process knows; none of them will appear in a log line.
+    The relay's own lines are rendered by structlog straight to `stream` (stderr by
+    default), without the standard library's per-record cost; library lines take the
+    standard library's path to the same renderer.
     """
+    out = stream or sys.stderr.buffer
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
         _Redactor(redact),
     ]
     renderer: structlog.typing.Processor
+    text_renderer: structlog.typing.Processor
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        text = io.TextIOWrapper(out, write_through=True)
+
+        def factory(*args: Any) -> Any:
+            return _named(structlog.PrintLogger(text), args)
+
+        text_renderer = renderer
     else:
-        renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+
+        def factory(*args: Any) -> Any:
+            return _named(_BytesLogger(out), args)
+
+        text_renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
 
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
+        processors=[*shared, renderer],
+        logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(io.TextIOWrapper(out, write_through=True))
     handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
         )
     )
     root = logging.getLogger()
-    # Replace only the handler an earlier call installed; leave others (a test's copy) alone.
-    for old in [
-        h for h in root.handlers if getattr(h, "relay", False) or type(h) is logging.StreamHandler
-    ]:
+    # Replace only the handler an earlier call installed; leave others alone.
+    for old in [h for h in root.handlers if getattr(h, "relay", False)]:
         root.removeHandler(old)
-        old.close()
     handler.relay = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(numeric)

@@ -29,7 +29,7 @@ from service.errors import (
 )
 from service.topology import declare_receiver_topology
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("service.publisher")
 
 # A stalled link is noticed after about two heartbeats, unless AMQP_URL sets its own.
 DEFAULT_HEARTBEAT = 10

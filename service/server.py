@@ -23,7 +23,7 @@ from service.app import CONTEXT, create_app
 from service.errors import SettingsError
 from service.settings import Settings
 
-log = structlog.get_logger(__name__)
+log = structlog.get_logger("service.server")
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

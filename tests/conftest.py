@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import io
 import socket
 import ssl
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -40,21 +40,34 @@ ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 SUITE_LOG = Path(__file__).resolve().parent.parent / ".test-logs" / "suite.log"
 
 
+class _Tee(io.BufferedIOBase):
+    """Log output to stderr and to the suite's log file."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(exist_ok=True)
+        self._file = path.open("wb")
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        sys.stderr.buffer.write(data)
+        self._file.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # No masking here: the secret scan below must see what the code itself would log.
-    configure_logging("debug", "json")
-    SUITE_LOG.parent.mkdir(exist_ok=True)
-    root = logging.getLogger()
-    copy = logging.FileHandler(SUITE_LOG, mode="w", encoding="utf-8")
-    copy.setFormatter(root.handlers[0].formatter)
-    root.addHandler(copy)
+    configure_logging("debug", "json", stream=cast(BinaryIO, _Tee(SUITE_LOG)))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the run, search every log it wrote, in-process and from child processes."""
     yield
-    logging.getLogger().handlers[-1].flush()
     logs = [SUITE_LOG, *tmp_path_factory.getbasetemp().rglob("*.log")]
     leaks = [
         f"{path}: {secret[:4]}..."
