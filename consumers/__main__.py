@@ -9,6 +9,7 @@ import signal
 import sys
 
 import aio_pika
+import uvloop
 
 from consumers.consumer import Consumer
 from consumers.dead import inspect_dead, replay_dead
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             _list(args.names, settings)
         elif args.command == "run":
-            asyncio.run(_run(args.names, args.concurrency, settings))
+            uvloop.run(_run(args.names, args.concurrency, settings))
         elif args.command == "dead":
             asyncio.run(_dead(args.name, args.sample, settings))
         else:

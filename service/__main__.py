@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
+
+import uvloop
 
 from service.errors import SettingsError
 from service.logs import configure_logging
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format, redact=settings.secret_values())
     try:
-        asyncio.run(serve(settings))
+        uvloop.run(serve(settings))
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

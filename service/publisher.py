@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Protocol
 
 import aio_pika
@@ -95,15 +94,26 @@ class AmqpPublisher:
         channel = self._channel
         if channel is None or channel.is_closed:
             raise BrokerUnavailable
+        message_id = message.message_id
+        mine = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(self._timeout), self._alone(message.message_id):
-                confirm = await channel.basic_publish(
-                    message.body,
-                    exchange=message.exchange,
-                    routing_key=message.routing_key,
-                    properties=message.properties,
-                    mandatory=True,
-                )
+            async with asyncio.timeout(self._timeout):
+                # aiormq matches a broker return to its publish by message id; with two
+                # publishes of one id in flight, a return could be charged to the wrong one.
+                while (earlier := self._publishing.get(message_id)) is not None:
+                    await asyncio.shield(earlier)
+                self._publishing[message_id] = mine
+                try:
+                    confirm = await channel.basic_publish(
+                        message.body,
+                        exchange=message.exchange,
+                        routing_key=message.routing_key,
+                        properties=message.properties,
+                        mandatory=True,
+                    )
+                finally:
+                    del self._publishing[message_id]
+                    mine.set_result(None)
         except TimeoutError:
             raise PublishTimeout from None
         except aiormq.exceptions.PublishError:
@@ -115,23 +125,6 @@ class AmqpPublisher:
             raise BrokerUnavailable from None
         if not isinstance(confirm, spec.Basic.Ack):
             raise PublishNacked
-
-    @contextlib.asynccontextmanager
-    async def _alone(self, message_id: str) -> AsyncIterator[None]:
-        """Hold the only publish in flight for `message_id`.
-
-        aiormq matches a broker return to its publish by message id; with two
-        publishes of one id in flight, a return could be charged to the wrong one.
-        """
-        while (earlier := self._publishing.get(message_id)) is not None:
-            await asyncio.shield(earlier)
-        mine = asyncio.get_running_loop().create_future()
-        self._publishing[message_id] = mine
-        try:
-            yield
-        finally:
-            del self._publishing[message_id]
-            mine.set_result(None)
 
     async def _supervise(self) -> None:
         """Connect, declare, and hold the channel until it closes; then start again."""

@@ -1,0 +1,375 @@
+"""`make bench`: the ceiling, the receiver, end-to-end latency, workers and memory, in one run.
+
+Prints one table, and writes `results/latest.json` and `results/latest.png`.
+Ratios are computed within the run: absolute numbers drift on a shared machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import aiohttp
+import uvloop
+
+from consumers.topology import ConsumerQueues, declare_consumer_topology
+from service.bus import BusNames
+from tests.bench import consumers as bench_consumers
+from tests.receivers import ROOT, base_env, free_port
+from tests.support import AMQP_URL, fixture_bodies, open_bus
+
+RESULTS = Path(__file__).parent / "results"
+API_KEY = "bench-api-key"
+CONCURRENCY = (16, 64, 256)
+SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
+WARMUP = 2.0
+E2E_RATE, E2E_SECONDS = 100, 10.0
+WORKER_MESSAGES = 20_000
+TARGETS = {
+    "receiver_vs_ceiling_at_64": 0.70,
+    "receiver_p99_ms_at_64": 50.0,
+    "e2e_p50_ms": 10.0,
+    "worker_vs_raw": 0.80,
+    "receiver_rss_mib": 120.0,
+}
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = subprocess.run(args, capture_output=True, text=True, check=True, env=env, cwd=ROOT)
+    line = [line for line in result.stdout.splitlines() if line.startswith("{")][-1]
+    return dict(json.loads(line))
+
+
+def ceiling(prefix: str) -> dict[str, Any]:
+    return run_json(sys.executable, "-m", "tests.bench.ceiling", AMQP_URL, prefix, str(SECONDS))
+
+
+def load_point(url: str, connections: int, seconds: float) -> dict[str, Any]:
+    """One load point from a separate process: wrk with load.lua, else the built-in generator."""
+    if shutil.which("wrk"):
+        threads = str(min(2, connections))
+        script = str(Path(__file__).parent / "load.lua")
+        env = {**os.environ, "BENCH_API_KEY": API_KEY}
+        args = [
+            "wrk",
+            "-t",
+            threads,
+            "-c",
+            str(connections),
+            "-d",
+            f"{round(seconds)}s",
+            "-s",
+            script,
+            url,
+        ]
+        return {**run_json(*args, env=env), "generator": "wrk"}
+    return {
+        **run_json(
+            sys.executable,
+            "-m",
+            "tests.bench.loadgen",
+            url,
+            API_KEY,
+            str(connections),
+            str(seconds),
+            env=base_env(),
+        ),
+        "generator": "aiohttp",
+    }
+
+
+CHILDREN: list[asyncio.subprocess.Process] = []
+
+
+async def start(args: list[str], env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    with log.open("w") as stderr:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, stderr=stderr, stdout=stderr, cwd=ROOT
+        )
+    CHILDREN.append(child)
+    return child
+
+
+async def wait_for(condition: Any, within: float = 60) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def ready(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def receiver_points(prefix: str, workdir: Path) -> tuple[list[dict[str, Any]], float, int]:
+    port = free_port()
+    env = base_env(
+        AMQP_URL=AMQP_URL,
+        BUS_PREFIX=prefix,
+        WEBHOOK_API_KEYS=API_KEY,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        LOG_FORMAT="json",
+    )
+    receiver = await start(["-m", "service"], env, workdir / "receiver.log")
+    async with asyncio.timeout(30):
+        while not await ready(f"http://127.0.0.1:{port}/readyz"):
+            await asyncio.sleep(0.1)
+    url = f"http://127.0.0.1:{port}/webhooks/avionte"
+    points = []
+    for connections in CONCURRENCY:
+        await asyncio.to_thread(load_point, url, connections, WARMUP)
+        point = await asyncio.to_thread(load_point, url, connections, SECONDS)
+        point["connections"] = connections
+        point["per_second"] = point["requests"] / point["seconds"]
+        point["errors"] = point["non200"] + sum(
+            point[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+        )
+        points.append(point)
+        print(
+            f"  receiver at {connections:3d} connections: {point['per_second']:8.0f}/s", flush=True
+        )
+    rss = peak_rss_mib(receiver.pid)
+    return points, rss, port
+
+
+async def purge(prefix: str) -> None:
+    connection, bus = await open_bus(prefix)
+    async with connection:
+        await (await bus.queue(bus.names.unrouted)).purge()
+
+
+async def end_to_end(prefix: str, port: int, workdir: Path) -> dict[str, Any]:
+    latencies = workdir / "latencies.txt"
+    env = base_env(
+        AMQP_URL=AMQP_URL, BUS_PREFIX=prefix, LOG_LEVEL="warning", BENCH_LATENCIES=str(latencies)
+    )
+    worker = await start(
+        ["-m", "consumers", "run", "tests.bench.consumers"], env, workdir / "e2e-worker.log"
+    )
+    await asyncio.sleep(3)  # declared and consuming
+    template = json.loads(fixture_bodies()["placement_updated"])
+    url = f"http://127.0.0.1:{port}/webhooks/avionte"
+    total = int(E2E_RATE * E2E_SECONDS)
+    async with aiohttp.ClientSession() as session:
+        begun = time.monotonic()
+        for index in range(total):
+            await asyncio.sleep(max(0.0, begun + index / E2E_RATE - time.monotonic()))
+            body = {**template, "CorrelationId": str(uuid.uuid4()), "SentAt": time.time()}
+            async with session.post(url, json=body, headers={"X-api-key": API_KEY}) as response:
+                assert response.status == 200
+    await wait_for(lambda: latencies.exists() and len(latencies.read_text().split()) >= total)
+    worker.terminate()
+    await worker.wait()
+    values = sorted(float(v) * 1000 for v in latencies.read_text().split())
+    cuts = statistics.quantiles(values, n=100)
+    return {"messages": len(values), "rate": E2E_RATE, "p50_ms": cuts[49], "p99_ms": cuts[98]}
+
+
+async def prefill(prefix: str, count: int) -> str:
+    """Declare the no-op consumer's queues and fill its queue with `count` events."""
+    names = BusNames(prefix)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await declare_consumer_topology(channel, names, bench_consumers.noop)
+        underlay = await channel.get_underlay_channel()
+        body = fixture_bodies()["placement_updated"]
+        properties = aio_pika.Message(body, delivery_mode=2, message_id="x").properties
+        for start_at in range(0, count, 500):
+            await asyncio.gather(
+                *(
+                    underlay.basic_publish(
+                        body,
+                        exchange=names.events,
+                        routing_key="placement.updated",
+                        properties=properties,
+                    )
+                    for _ in range(min(500, count - start_at))
+                )
+            )
+        return queue.name
+
+
+async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
+    queue = await prefill(prefix, WORKER_MESSAGES)
+    done = workdir / "noop-done.txt"
+    env = base_env(
+        AMQP_URL=AMQP_URL,
+        BUS_PREFIX=prefix,
+        LOG_LEVEL="warning",
+        BENCH_COUNT=str(WORKER_MESSAGES),
+        BENCH_DONE=str(done),
+    )
+    began = time.time()
+    worker = await start(
+        ["-m", "consumers", "run", "tests.bench.consumers"], env, workdir / "noop-worker.log"
+    )
+    await wait_for(done.exists, within=300)
+    worker_rate = WORKER_MESSAGES / (float(done.read_text().split()[0]) - began)
+    rss = peak_rss_mib(worker.pid)
+    worker.terminate()
+    await worker.wait()
+
+    await prefill(prefix, WORKER_MESSAGES)
+    raw = await asyncio.to_thread(
+        run_json,
+        sys.executable,
+        "-m",
+        "tests.bench.raw_consumer",
+        AMQP_URL,
+        queue,
+        str(WORKER_MESSAGES),
+        str(bench_consumers.noop.concurrency),
+    )
+    return {"worker_per_second": worker_rate, "raw_per_second": raw["per_second"]}, rss
+
+
+async def cleanup(prefix: str) -> None:
+    connection, bus = await open_bus(prefix)
+    async with connection:
+        for consumer in (bench_consumers.noop, bench_consumers.e2e):
+            queues = ConsumerQueues(prefix, consumer.name)
+            names = [queues.main, queues.dead, queues.bindings]
+            names += [queues.retry(d) for d in consumer.retry_delays]
+            bus.forget_later(*names)
+        await bus.remove_all()
+
+
+def table(result: dict[str, Any]) -> str:
+    rows = [("ceiling (aiormq, confirms)", f"{result['ceiling_per_second']:.0f} msg/s", "")]
+    for point in result["receiver"]:
+        rows.append(
+            (
+                f"receiver, {point['connections']} connections",
+                f"{point['per_second']:.0f} req/s",
+                f"p50 {point['p50_ms']:.1f}  p95 {point['p95_ms']:.1f}"
+                f"  p99 {point['p99_ms']:.1f} ms  errors {point['errors']}",
+            )
+        )
+    e2e = result["end_to_end"]
+    rows.append(
+        (
+            f"end to end at {e2e['rate']}/s",
+            f"p50 {e2e['p50_ms']:.1f} ms",
+            f"p99 {e2e['p99_ms']:.1f} ms",
+        )
+    )
+    rows.append(("worker, no-op handler", f"{result['worker_per_second']:.0f} msg/s", ""))
+    rows.append(("raw aio-pika consume+ack", f"{result['raw_per_second']:.0f} msg/s", ""))
+    rows.append(
+        (
+            "peak RSS",
+            f"receiver {result['receiver_rss_mib']:.0f} MiB",
+            f"worker {result['worker_rss_mib']:.0f} MiB",
+        )
+    )
+    lines = [f"{a:<32} {b:<22} {c}" for a, b, c in rows]
+    lines.append("")
+    for name, (value, target, met) in result["targets"].items():
+        lines.append(f"{name:<32} {value:<22.3g} target {target:g}: {'met' if met else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    points = result["receiver"]
+    x = [p["connections"] for p in points]
+    fig, left = plt.subplots(figsize=(7, 4))
+    left.plot(x, [p["per_second"] for p in points], "o-", color="tab:blue", label="req/s")
+    left.axhline(result["ceiling_per_second"], color="tab:blue", ls=":", label="ceiling msg/s")
+    left.set_xscale("log", base=2)
+    left.set_xlabel("concurrent connections")
+    left.set_ylabel("requests per second", color="tab:blue")
+    right = left.twinx()
+    right.plot(x, [p["p99_ms"] for p in points], "s--", color="tab:red", label="p99 ms")
+    right.set_ylabel("p99 latency (ms)", color="tab:red")
+    fig.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return True
+
+
+async def main() -> None:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        print("ceiling ...", flush=True)
+        ceiling_rate = (await asyncio.to_thread(ceiling, prefix))["per_second"]
+        print("receiver ...", flush=True)
+        points, receiver_rss, port = await receiver_points(prefix, workdir)
+        await purge(prefix)
+        print("end to end ...", flush=True)
+        e2e = await end_to_end(prefix, port, workdir)
+        print("workers ...", flush=True)
+        worker, worker_rss = await workers(prefix, workdir)
+    finally:
+        await cleanup(prefix)
+        for child in CHILDREN:
+            if child.returncode is None:
+                child.terminate()
+                await child.wait()
+    at64 = next(p for p in points if p["connections"] == 64)
+    values = {
+        "receiver_vs_ceiling_at_64": at64["per_second"] / ceiling_rate,
+        "receiver_p99_ms_at_64": at64["p99_ms"],
+        "e2e_p50_ms": e2e["p50_ms"],
+        "worker_vs_raw": worker["worker_per_second"] / worker["raw_per_second"],
+        "receiver_rss_mib": receiver_rss,
+    }
+    higher_is_better = {"receiver_vs_ceiling_at_64", "worker_vs_raw"}
+    result = {
+        "ceiling_per_second": ceiling_rate,
+        "receiver": points,
+        "end_to_end": e2e,
+        **worker,
+        "receiver_rss_mib": receiver_rss,
+        "worker_rss_mib": worker_rss,
+        "targets": {
+            name: (
+                value,
+                TARGETS[name],
+                value >= TARGETS[name] if name in higher_is_better else value <= TARGETS[name],
+            )
+            for name, value in values.items()
+        },
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    plotted = plot(result, RESULTS / "latest.png")
+    print()
+    print(table(result))
+    print(
+        f"\nwrote {RESULTS / 'latest.json'}" + (f" and {RESULTS / 'latest.png'}" if plotted else "")
+    )
+
+
+if __name__ == "__main__":
+    uvloop.run(main())
