@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest faults rabbitmq venv clean
+.PHONY: run test lint typecheck pytest faults bench rabbitmq venv clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ pytest: venv
 faults: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	$(BIN)/pytest -m faults -s tests/faults
+
+bench: venv
+	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq wrk >/dev/null; } \
+		|| echo "wrk is not installed; using the built-in load generator"
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m tests.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -311,7 +311,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     right = left.twinx()
     right.plot(x, [p["p99_ms"] for p in points], "s--", color="tab:red", label="p99 ms")
     right.set_ylabel("p99 latency (ms)", color="tab:red")
-    fig.legend(loc="upper left")
+    left.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    fig.legend(loc="center right", bbox_to_anchor=(0.85, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return True
