@@ -14,7 +14,18 @@ from consumers.worker import check_unique
 
 # Modules of the runtime itself, never consumers.
 _RUNTIME = frozenset(
-    {"consumer", "dead", "errors", "event", "loader", "patterns", "settings", "topology", "worker"}
+    {
+        "consumer",
+        "dead",
+        "errors",
+        "event",
+        "loader",
+        "metrics",
+        "patterns",
+        "settings",
+        "topology",
+        "worker",
+    }
 )
 
 

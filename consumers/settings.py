@@ -17,6 +17,7 @@ class WorkerSettings:
     amqp_url: Secret = Settings.amqp_url
     bus_prefix: str = Settings.bus_prefix
     shutdown_timeout: float = 30.0
+    metrics_port: int = 9100
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -27,12 +28,13 @@ class WorkerSettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
-        """Read `AMQP_URL`, `BUS_PREFIX`, `SHUTDOWN_TIMEOUT`, `LOG_LEVEL` and `LOG_FORMAT`."""
+        """Read the broker, prefix, shutdown, metrics and log settings."""
         env = EnvReader(environ)
         return cls(
             amqp_url=Secret(env.amqp_url("AMQP_URL", cls.amqp_url.value)),
             bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
             shutdown_timeout=env.seconds("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
+            metrics_port=env.integer("METRICS_PORT", cls.metrics_port, low=0, high=65535),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )

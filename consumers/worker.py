@@ -28,6 +28,7 @@ from pamqp.common import FieldTable
 from consumers.consumer import Consumer
 from consumers.errors import RegistrationError, Reject
 from consumers.event import ATTEMPT, ROUTING_KEY, attempt_of, event_from, routing_key_of
+from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.bus import BusNames
@@ -94,9 +95,22 @@ class Worker:
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
+        self.metrics = WorkerMetrics()
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
+        metrics_server = None
+        if self._settings.metrics_port:
+            metrics_server = await serve_metrics(
+                self.metrics, "0.0.0.0", self._settings.metrics_port
+            )
+        try:
+            await self._run(stop)
+        finally:
+            if metrics_server is not None:
+                await metrics_server.cleanup()
+
+    async def _run(self, stop: asyncio.Event) -> None:
         connection = await self._connect(stop)
         if connection is None:
             return
@@ -171,6 +185,9 @@ class Worker:
         self._in_flight.add(task)
         started = time.perf_counter()
         attempt = attempt_of(message)
+        name = running.consumer.name
+        in_flight = self.metrics.in_flight.labels(name)
+        in_flight.inc()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
@@ -188,11 +205,10 @@ class Worker:
             outcome = "requeued"
         finally:
             self._in_flight.discard(task)
-        log.info(
-            "message handled",
-            outcome=outcome,
-            duration_ms=round((time.perf_counter() - started) * 1000, 2),
-        )
+            in_flight.dec()
+        seconds = time.perf_counter() - started
+        self.metrics.handled(name, routing_key_of(message), outcome, seconds)
+        log.info("message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
 
     async def _process(
         self, running: _Running, message: AbstractIncomingMessage, attempt: int

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import uvloop
 
@@ -12,15 +13,76 @@ from service.errors import SettingsError
 from service.logs import configure_logging
 from service.server import serve
 from service.settings import Settings
+from service.simulate import KNOWN_EVENTS, Credential, simulate
 from service.spool import SpoolUnusable
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the receiver; exit 2 on a bad setting, 1 if it cannot listen."""
-    argparse.ArgumentParser(
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
         prog="python -m service",
         description="Avionté webhook receiver. Configured by environment variables; see README.",
-    ).parse_args(argv)
+    )
+    commands = parser.add_subparsers(dest="command")
+    sim = commands.add_parser("simulate", help="send Avionté-shaped deliveries to a receiver")
+    sim.add_argument("url", help="e.g. http://localhost:8080/webhooks/avionte")
+    sim.add_argument("--count", type=int, default=100, help="deliveries to send (100)")
+    sim.add_argument("--rate", type=float, default=20.0, help="deliveries per second (20)")
+    sim.add_argument(
+        "--events",
+        nargs="+",
+        metavar="NAME",
+        help="generate these event types ('all' for every known one) instead of the fixtures",
+    )
+    sim.add_argument(
+        "--fixtures", type=Path, default=Path("tests/fixtures/avionte"), help="sample deliveries"
+    )
+    sim.add_argument("--api-key", help="send X-api-key (default: first of WEBHOOK_API_KEYS)")
+    sim.add_argument("--secret", help="send the shared secret in X-Payload-Signature")
+    sim.add_argument("--hmac", action="store_true", help="sign with HMAC-SHA256 of the secret")
+    sim.add_argument(
+        "--minute", type=float, default=60.0, help="seconds in the retry schedule's minute (60)"
+    )
+    sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    api_key = args.api_key
+    secret = args.secret or (os.environ.get("WEBHOOK_SHARED_SECRETS", "").split(",")[0] or None)
+    if api_key is None and args.secret is None:
+        api_key = os.environ.get("WEBHOOK_API_KEYS", "").split(",")[0] or None
+    if api_key is None and secret is None:
+        print("error: pass --api-key or --secret (or set WEBHOOK_API_KEYS)", file=sys.stderr)
+        return 2
+    if args.count < 1 or args.rate <= 0 or args.minute < 0:
+        print("error: --count and --rate must be positive", file=sys.stderr)
+        return 2
+    events = KNOWN_EVENTS if args.events == ["all"] else args.events
+    if not events and not args.fixtures.is_dir():
+        print(f"error: --fixtures: no directory {args.fixtures}; or pass --events", file=sys.stderr)
+        return 2
+    credential = Credential(api_key=api_key, secret=secret, sign=args.hmac)
+    summary = uvloop.run(
+        simulate(
+            args.url,
+            credential,
+            count=args.count,
+            rate=args.rate,
+            events=events,
+            fixtures=args.fixtures,
+            minute=args.minute,
+            progress=not args.no_progress,
+        )
+    )
+    print(summary.report())
+    return 1 if summary.given_up else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the receiver (exit 2 on a bad setting, 1 if it cannot listen), or the simulator."""
+    args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        return _simulate(args)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:

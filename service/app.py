@@ -1,4 +1,4 @@
-"""The HTTP application: the webhook endpoint and the probes, built by a factory."""
+"""The HTTP application: the webhook endpoint, the probes and metrics, built by a factory."""
 
 from __future__ import annotations
 
@@ -15,12 +15,14 @@ import orjson
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import envelope
 from service.auth import Authenticator
 from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_message
 from service.damping import FailureDamper
 from service.errors import InvalidEnvelope, PublishFailed, Unauthorized
+from service.metrics import ReceiverMetrics
 from service.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
 from service.spool import SpoolError
@@ -50,6 +52,7 @@ class Context:
     authenticator: Authenticator
     store: DurableStore
     damper: FailureDamper
+    metrics: ReceiverMetrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -77,6 +80,7 @@ async def receive(request: web.Request) -> web.Response:
 
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        ctx.metrics.delivery(outcome, line.get("routing_key"))
         log.info(
             "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
         )
@@ -140,7 +144,9 @@ async def receive(request: web.Request) -> web.Response:
     line["message_id"] = message.message_id
 
     try:
-        line["stored"] = await ctx.store.store(message)
+        with ctx.metrics.in_flight.track_inprogress():
+            line["stored"] = where = await ctx.store.store(message)
+        ctx.metrics.store_seconds.labels(where).observe(time.perf_counter() - started)
     except (PublishFailed, SpoolError) as failure:
         line["error"] = type(failure).__name__
         return done(_unavailable(), "unavailable")
@@ -168,6 +174,18 @@ async def readyz(request: web.Request) -> web.Response:
     return _json(200 if ready else 503, payload)
 
 
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus metrics, in the text format."""
+    ctx = request.app[CONTEXT]
+    ctx.metrics.broker_connected.set(1 if ctx.store.publisher.ready else 0)
+    spool = ctx.store.spool
+    if spool is not None:
+        depth = spool.depth
+        ctx.metrics.spool_records.set(depth.records)
+        ctx.metrics.spool_bytes.set(depth.bytes)
+    return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     store = app[CONTEXT].store
     await store.start()
@@ -185,13 +203,18 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
         shared_secrets=[secret.value for secret in settings.shared_secrets],
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
+    receiver_metrics = ReceiverMetrics()
     store = DurableStore(
-        publisher, spool_dir=settings.spool_dir, spool_max_bytes=settings.spool_max_bytes
+        publisher,
+        spool_dir=settings.spool_dir,
+        spool_max_bytes=settings.spool_max_bytes,
+        on_drained=receiver_metrics.spool_drained.inc,
     )
     damper = FailureDamper(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
-    app[CONTEXT] = Context(settings, names, authenticator, store, damper)
+    app[CONTEXT] = Context(settings, names, authenticator, store, damper, receiver_metrics)
     app.cleanup_ctx.append(_store_lifetime)
     app.router.add_post(WEBHOOK_PATH, receive)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     return app

@@ -244,9 +244,15 @@ class Spool:
             raise
 
     async def drain(
-        self, publish: Callable[[Outgoing], Awaitable[None]], ready: Callable[[], bool]
+        self,
+        publish: Callable[[Outgoing], Awaitable[None]],
+        ready: Callable[[], bool],
+        on_drained: Callable[[int], object] = lambda count: None,
     ) -> None:
-        """Republish spooled deliveries, oldest first, for as long as the task runs."""
+        """Republish spooled deliveries, oldest first, for as long as the task runs.
+
+        `on_drained` hears how many records each confirmed batch removed.
+        """
         failures = 0
         while True:
             if self._records == 0 and not self._has_damage_left():
@@ -256,7 +262,7 @@ class Spool:
             if not ready():
                 await asyncio.sleep(0.2)
                 continue
-            if await self._drain_batch(publish):
+            if await self._drain_batch(publish, on_drained):
                 failures = 0
             else:
                 await asyncio.sleep(DRAIN_RETRY_DELAYS[min(failures, len(DRAIN_RETRY_DELAYS) - 1)])
@@ -266,7 +272,11 @@ class Spool:
         # Segments older than the active one may still hold damage to move aside.
         return len(self._segments) > 1
 
-    async def _drain_batch(self, publish: Callable[[Outgoing], Awaitable[None]]) -> bool:
+    async def _drain_batch(
+        self,
+        publish: Callable[[Outgoing], Awaitable[None]],
+        on_drained: Callable[[int], object] = lambda count: None,
+    ) -> bool:
         """Publish the next batch; advance past the confirmed prefix. False if nothing moved."""
         segment = self._segments[0]
         limit = self._committed if segment == self._active else None
@@ -286,6 +296,7 @@ class Spool:
         )
         outcome = dict(zip((id(r) for r in records), results, strict=True))
         moved = False
+        drained = 0
         for item in items:
             if isinstance(item, Damage):
                 await asyncio.to_thread(
@@ -296,10 +307,13 @@ class Spool:
             else:
                 self._records -= 1
                 self._bytes -= item.end - item.start
+                drained += 1
             self._cursor = item.end
             moved = True
         if moved:
             await asyncio.to_thread(self._save_cursor)
+            if drained:
+                on_drained(drained)
             if self._records == 0:
                 log.info("spool drained")
         return moved

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,9 +26,15 @@ class DurableStore:
     """
 
     def __init__(
-        self, publisher: Publisher, *, spool_dir: Path | None = None, spool_max_bytes: int = 0
+        self,
+        publisher: Publisher,
+        *,
+        spool_dir: Path | None = None,
+        spool_max_bytes: int = 0,
+        on_drained: Callable[[int], object] = lambda count: None,
     ) -> None:
         self.publisher = publisher
+        self._on_drained = on_drained
         self.spool: Spool | None = None
         self._spool_dir = spool_dir
         self._spool_max_bytes = spool_max_bytes
@@ -40,7 +47,9 @@ class DurableStore:
         await self.publisher.start()
         if self.spool is not None:
             self._drainer = asyncio.create_task(
-                self.spool.drain(self.publisher.publish, lambda: self.publisher.ready),
+                self.spool.drain(
+                    self.publisher.publish, lambda: self.publisher.ready, self._on_drained
+                ),
                 name="spool-drainer",
             )
 

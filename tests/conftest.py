@@ -143,12 +143,18 @@ async def run_worker(bus: BusView) -> AsyncIterator[WorkerFactory]:
     running: list[RunningWorker] = []
 
     async def start(
-        *consumers: Consumer, amqp_url: str = AMQP_URL, concurrency: int | None = None
+        *consumers: Consumer,
+        amqp_url: str = AMQP_URL,
+        concurrency: int | None = None,
+        metrics_port: int = 0,
     ) -> RunningWorker:
         for consumer in consumers:
             bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
         settings = WorkerSettings(
-            amqp_url=Secret(amqp_url), bus_prefix=bus.names.prefix, shutdown_timeout=5.0
+            amqp_url=Secret(amqp_url),
+            bus_prefix=bus.names.prefix,
+            shutdown_timeout=5.0,
+            metrics_port=metrics_port,
         )
         worker = Worker(consumers, settings, concurrency=concurrency)
         stop = asyncio.Event()

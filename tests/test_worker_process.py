@@ -73,6 +73,7 @@ async def spawn(bus: BusView, tmp_path: Path, record_file: Path) -> AsyncIterato
             "LOG_FORMAT": "json",
             "RECORD_FILE": str(record_file),
             "HANDLER_SECONDS": str(handler_seconds),
+            "METRICS_PORT": "0",
         }
         with log.open("w") as stderr:
             process = await asyncio.create_subprocess_exec(

@@ -163,7 +163,11 @@ async def purge(prefix: str) -> None:
 async def end_to_end(prefix: str, port: int, workdir: Path) -> dict[str, Any]:
     latencies = workdir / "latencies.txt"
     env = base_env(
-        AMQP_URL=AMQP_URL, BUS_PREFIX=prefix, LOG_LEVEL="warning", BENCH_LATENCIES=str(latencies)
+        AMQP_URL=AMQP_URL,
+        BUS_PREFIX=prefix,
+        LOG_LEVEL="warning",
+        METRICS_PORT="0",
+        BENCH_LATENCIES=str(latencies),
     )
     worker = await start(
         ["-m", "consumers", "run", "tests.bench.consumers"], env, workdir / "e2e-worker.log"
@@ -219,6 +223,7 @@ async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
         AMQP_URL=AMQP_URL,
         BUS_PREFIX=prefix,
         LOG_LEVEL="warning",
+        METRICS_PORT="0",
         BENCH_COUNT=str(WORKER_MESSAGES),
         BENCH_DONE=str(done),
     )

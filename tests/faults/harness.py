@@ -105,6 +105,7 @@ class Harness:
             AMQP_URL=amqp_url or self.amqp_url,
             BUS_PREFIX=self.prefix,
             COUNT_FILE=str(self.count_file),
+            METRICS_PORT="0",
         )
         process = await self._spawn(
             ["-m", "consumers", "run", "tests.workers.counter"], env, "worker"

@@ -1,0 +1,74 @@
+"""Prometheus metrics of the receiver, on their own registry, served at `/metrics`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Event names come from the outside: past this many routing keys, the rest count as "other".
+MAX_ROUTING_KEYS = 200
+OTHER = "other"
+NONE = "none"
+
+
+class LabelCap:
+    """Keeps a label's distinct values bounded; values past the cap become `other`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return NONE
+        if value in self._seen:
+            return value
+        if len(self._seen) >= self.limit:
+            return OTHER
+        self._seen.add(value)
+        return value
+
+
+class ReceiverMetrics:
+    """Every metric the receiver exports."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.routing_key = LabelCap(MAX_ROUTING_KEYS)
+        self.deliveries = Counter(
+            "relay_deliveries",
+            "Deliveries answered, by outcome and routing key.",
+            ["outcome", "routing_key"],
+            registry=self.registry,
+        )
+        self.store_seconds = Histogram(
+            "relay_store_seconds",
+            "Seconds from a delivery's arrival to its broker confirm or spool fsync.",
+            ["stored"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "relay_publishes_in_flight",
+            "Deliveries waiting for a broker confirm or a spool write.",
+            registry=self.registry,
+        )
+        self.broker_connected = Gauge(
+            "relay_broker_connected", "1 while the broker connection is up.", registry=self.registry
+        )
+        self.spool_records = Gauge(
+            "relay_spool_records", "Deliveries waiting in the spool.", registry=self.registry
+        )
+        self.spool_bytes = Gauge(
+            "relay_spool_bytes", "Bytes waiting in the spool.", registry=self.registry
+        )
+        self.spool_drained = Counter(
+            "relay_spool_drained_records",
+            "Spooled deliveries republished and confirmed.",
+            registry=self.registry,
+        )
+
+    def delivery(self, outcome: str, routing_key: str | None) -> None:
+        self.deliveries.labels(outcome, self.routing_key(routing_key)).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
