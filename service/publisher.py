@@ -33,6 +33,7 @@ log = structlog.get_logger("service.publisher")
 # A stalled link is noticed after about two heartbeats, unless AMQP_URL sets its own.
 DEFAULT_HEARTBEAT = 10
 CONNECT_TIMEOUT = 10.0
+CLOSE_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
 
@@ -131,8 +132,10 @@ class AmqpPublisher:
         failures = 0
         while True:
             try:
-                connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT)
-            except (OSError, TimeoutError, aiormq.exceptions.AMQPError) as exc:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT)
+            except Exception as exc:
+                # Any failure to connect, of whatever type, means: wait and try again.
                 if failures == 0:
                     log.warning(
                         "broker unreachable", broker=_display(self._url), error=type(exc).__name__
@@ -151,8 +154,10 @@ class AmqpPublisher:
             finally:
                 self._channel = None
                 self._connected.clear()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(connection.close())
+                # Closing a connection whose link just died can hang; never let it stop
+                # the loop from connecting again.
+                with contextlib.suppress(Exception, TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_TIMEOUT)
             await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
 
     async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
