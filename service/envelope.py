@@ -10,6 +10,7 @@ import hashlib
 import re
 import unicodedata
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -41,6 +42,7 @@ class Envelope:
     payload: dict[str, Any]
 
 
+@lru_cache(maxsize=1024)
 def routing_key(event_name: str) -> str:
     """Normalize an event name: split CamelCase, lowercase, and join the words with dots.
 
