@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 from pamqp.common import FieldTable
 
-from consumers.event import ROUTING_KEY
+from consumers.event import ROUTING_KEY, copy_of
 from consumers.topology import ConsumerQueues
 
 # Headers that belong to one run through the retries; a replay starts afresh.
@@ -113,16 +112,7 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
             if not key.startswith(_ATTEMPT_HEADERS)
         }
         headers[ROUTING_KEY] = _original_routing_key(message)
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            correlation_id=message.correlation_id,
-        )
+        copy = copy_of(message, headers)
         await channel.default_exchange.publish(copy, routing_key=queues.main, mandatory=True)
         await message.ack()
         moved += 1

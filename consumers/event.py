@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp.common import FieldTable
 
 from service.envelope import Envelope
 
@@ -55,6 +57,20 @@ def routing_key_of(message: AbstractIncomingMessage) -> str:
     """The event's own routing key, also for a message that came back through a retry queue."""
     value = (message.headers or {}).get(ROUTING_KEY)
     return value if isinstance(value, str) and value else message.routing_key or ""
+
+
+def copy_of(message: AbstractIncomingMessage, headers: FieldTable) -> aio_pika.Message:
+    """A persistent copy of `message` with other headers, for a retry, dead or replay queue."""
+    return aio_pika.Message(
+        message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        correlation_id=message.correlation_id,
+    )
 
 
 def _received_at(message: AbstractIncomingMessage) -> datetime:

@@ -27,7 +27,14 @@ from pamqp.common import FieldTable
 
 from consumers.consumer import Consumer
 from consumers.errors import RegistrationError, Reject
-from consumers.event import ATTEMPT, ROUTING_KEY, attempt_of, event_from, routing_key_of
+from consumers.event import (
+    ATTEMPT,
+    ROUTING_KEY,
+    attempt_of,
+    copy_of,
+    event_from,
+    routing_key_of,
+)
 from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues, declare_consumer_topology
@@ -270,16 +277,7 @@ class Worker:
             if not key.startswith(_BROKER_HEADERS)
         }
         headers.update(extra)
-        copy = aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            correlation_id=message.correlation_id,
-        )
+        copy = copy_of(message, headers)
         try:
             await self._publisher.default_exchange.publish(
                 copy, routing_key=target, mandatory=True, timeout=FORWARD_TIMEOUT

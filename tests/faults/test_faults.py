@@ -91,6 +91,12 @@ async def finish(
     return report
 
 
+async def cut(proxy: TcpProxy) -> None:
+    """Break the link to the broker and keep it broken until `proxy.refuse(False)`."""
+    proxy.refuse(True)
+    await proxy.cut()
+
+
 def start_load(harness: Harness, **options: object) -> tuple[Load, asyncio.Task[None], float]:
     load = Load()
     url = harness.url + WEBHOOK_PATH
@@ -106,8 +112,7 @@ async def test_cut_link(harness: Harness) -> None:
         await harness.receiver(amqp_url=through)
         load, task, started = start_load(harness)
         await load.until(TOTAL // 4)
-        proxy.refuse(True)
-        await proxy.cut()
+        await cut(proxy)
         await asyncio.sleep(OUTAGE_SECONDS)
         proxy.refuse(False)
         report = await finish("cut link 10 s", harness, load, task, started)
@@ -120,8 +125,7 @@ async def test_cut_link_without_a_spool(harness: Harness) -> None:
         await harness.receiver(amqp_url=through, spool=False)
         load, task, started = start_load(harness, retries=())
         await load.until(TOTAL // 4)
-        proxy.refuse(True)
-        await proxy.cut()
+        await cut(proxy)
         await asyncio.sleep(OUTAGE_SECONDS)
         proxy.refuse(False)
         report = await finish("cut link 10 s, no spool", harness, load, task, started)
@@ -148,8 +152,7 @@ async def test_receiver_killed_while_spooling(harness: Harness) -> None:
         receiver = await harness.receiver(amqp_url=through)
         load, task, started = start_load(harness)
         await load.until(TOTAL // 4)
-        proxy.refuse(True)
-        await proxy.cut()
+        await cut(proxy)
         await load.until(TOTAL // 2)
         assert await receiver.stop(signal.SIGKILL) == -signal.SIGKILL
         await harness.receiver(amqp_url=through)  # same port, same spool
@@ -165,8 +168,7 @@ async def test_receiver_terminated(harness: Harness) -> None:
         receiver = await harness.receiver(amqp_url=through)
         load, task, started = start_load(harness)
         await load.until(TOTAL // 4)
-        proxy.refuse(True)
-        await proxy.cut()
+        await cut(proxy)
         await load.until(TOTAL // 2)
         assert await receiver.stop(signal.SIGTERM) == 0  # with records still spooled
         await harness.receiver(amqp_url=through)
