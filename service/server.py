@@ -73,6 +73,8 @@ async def serve(settings: Settings) -> None:
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
         max_headers=settings.max_headers,
+        # Bodies stay as sent: the HMAC covers the raw bytes and the bus carries them.
+        auto_decompress=False,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

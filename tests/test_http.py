@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -146,11 +147,17 @@ async def test_shutdown_turns_not_ready_then_closes_intake(
     assert len(publisher.published) == 1
 
 
-async def test_encoded_bodies_are_refused(client: Client, publisher: MemoryPublisher) -> None:
+async def test_encoded_bodies_are_quarantined(client: Client, publisher: MemoryPublisher) -> None:
     headers = {"X-api-key": API_KEYS[0], "Content-Encoding": "gzip"}
-    response = await client.post(WEBHOOK_PATH, data=b"\x1f\x8bnot-gzip", headers=headers)
-    assert response.status == 415
-    assert publisher.published == []
+    response = await client.post(WEBHOOK_PATH, data=gzip.compress(BODY), headers=headers)
+    assert response.status == 200
+    assert (await response.json())["status"] == "quarantined"
+    [message] = publisher.published
+    assert message.properties.headers is not None
+    assert message.properties.headers["x-invalid-reason"] == "content_encoding"
+    unauthenticated = {"Content-Encoding": "gzip"}
+    response = await client.post(WEBHOOK_PATH, data=gzip.compress(BODY), headers=unauthenticated)
+    assert response.status == 401
 
 
 async def test_a_crash_in_parsing_still_quarantines(
