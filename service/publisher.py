@@ -65,7 +65,6 @@ class AmqpPublisher:
         self._names = names
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
-        self._connected = asyncio.Event()
         self._publishing: dict[str, asyncio.Future[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
 
@@ -79,10 +78,6 @@ class AmqpPublisher:
 
     async def start(self) -> None:
         self._supervisor = asyncio.create_task(self._supervise(), name="amqp-publisher")
-
-    async def wait_ready(self) -> None:
-        """Wait until a connection is up and the topology declared."""
-        await self._connected.wait()
 
     async def close(self) -> None:
         if self._supervisor is not None:
@@ -153,7 +148,6 @@ class AmqpPublisher:
                 failures += 1
             finally:
                 self._channel = None
-                self._connected.clear()
                 # Closing a connection whose link just died can hang; never let it stop
                 # the loop from connecting again.
                 with contextlib.suppress(Exception, TimeoutError):
@@ -165,7 +159,6 @@ class AmqpPublisher:
         await declare_receiver_topology(channel, self._names)
         underlay = await channel.get_underlay_channel()
         self._channel = underlay
-        self._connected.set()
         log.info("broker connected", broker=_display(self._url), prefix=self._names.prefix)
         await asyncio.wait([underlay.closing])
         log.warning("broker connection lost")
