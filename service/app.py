@@ -75,8 +75,12 @@ async def receive(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     structlog.contextvars.clear_contextvars()
     sources = ctx.settings.sources
-    client = sources.client(request.remote, request.headers.getall("X-Forwarded-For", []))
-    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": str(client)}
+    # Addresses are parsed only when a policy needs them; the log takes the peer as is.
+    client = None
+    if sources.allowed or sources.trusted_proxies:
+        client = sources.client(request.remote, request.headers.getall("X-Forwarded-For", []))
+    source = str(client) if client is not None else str(request.remote)
+    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": source}
 
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
@@ -110,7 +114,7 @@ async def receive(request: web.Request) -> web.Response:
             signature=request.headers.get("X-Payload-Signature"),
         )
     except Unauthorized:
-        wait = ctx.damper.fail(str(client), asyncio.get_running_loop().time())
+        wait = ctx.damper.fail(source, asyncio.get_running_loop().time())
         if wait is not None:
             retry_after = str(math.ceil(wait))
             return done(

@@ -5,32 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import aiohttp
 import pytest
 from yarl import URL
 
-from tests.receivers import Receiver, SpawnReceiver, base_env, readyz
+from tests.receivers import Receiver, SpawnReceiver, base_env, readyz, run_service
 from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies
 from tests.tcp_proxy import TcpProxy
 
-ROOT = Path(__file__).resolve().parent.parent
 BROKER_PASSWORD = "guest"
-
-
-def run_service(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(

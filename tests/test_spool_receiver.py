@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +18,13 @@ from yarl import URL
 
 from service.app import WEBHOOK_PATH, create_app
 from service.settings import Secret
+from tests.receivers import ROOT, run_service
 from tests.support import AMQP_URL, API_KEYS, BusView, auth_headers, receiver_settings
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 
 Client = TestClient[Any, Any]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -155,18 +156,10 @@ def test_two_receivers_never_share_a_spool(tmp_path: Path) -> None:
     }
     first = subprocess.Popen([sys.executable, "-m", "service"], env=env, stderr=subprocess.DEVNULL)
     try:
-        deadline = 100
-        while not (spool / "lock").exists() and deadline:
-            deadline -= 1
-            subprocess.run(["sleep", "0.05"], check=True)
-        second = subprocess.run(
-            [sys.executable, "-m", "service"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
+        deadline = time.monotonic() + 5
+        while not (spool / "lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        second = run_service(env)
         assert second.returncode == 2
         assert second.stderr.startswith("error: SPOOL_DIR: ")
         assert "in use by another receiver" in second.stderr
