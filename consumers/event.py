@@ -83,11 +83,16 @@ def _received_at(message: AbstractIncomingMessage) -> datetime:
     return message.timestamp or datetime.now(UTC)
 
 
-def event_from(message: AbstractIncomingMessage, envelope: Envelope) -> Event:
-    """Build the `Event` for a delivered message whose body parsed as `envelope`."""
+def event_from(
+    message: AbstractIncomingMessage, envelope: Envelope, routing_key: str, attempt: int
+) -> Event:
+    """Build the `Event` for a delivered message whose body parsed as `envelope`.
+
+    `routing_key` and `attempt` are the message's own, from `routing_key_of` and `attempt_of`.
+    """
     return Event(
         name=envelope.event_name,
-        routing_key=routing_key_of(message),
+        routing_key=routing_key,
         tenant_id=envelope.tenant_id,
         message_id=message.message_id or envelope.message_id,
         correlation_id=envelope.correlation_id,
@@ -95,6 +100,6 @@ def event_from(message: AbstractIncomingMessage, envelope: Envelope) -> Event:
         payload=envelope.payload,
         body=message.body,
         received_at=_received_at(message),
-        attempt=attempt_of(message),
+        attempt=attempt,
         redelivered=bool(message.redelivered),
     )

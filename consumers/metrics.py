@@ -12,7 +12,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from service.metrics import MAX_ROUTING_KEYS, LabelCap
+from service.metrics import MAX_ROUTING_KEYS, LabelCap, children
 
 
 class WorkerMetrics:
@@ -41,10 +41,12 @@ class WorkerMetrics:
             ["consumer"],
             registry=self.registry,
         )
+        self._messages = children(self.messages)
+        self._handle_seconds = children(self.handle_seconds)
 
     def handled(self, consumer: str, routing_key: str, outcome: str, seconds: float) -> None:
-        self.messages.labels(consumer, self.routing_key(routing_key), outcome).inc()
-        self.handle_seconds.labels(consumer).observe(seconds)
+        self._messages(consumer, self.routing_key(routing_key), outcome).inc()
+        self._handle_seconds(consumer).observe(seconds)
 
 
 async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:

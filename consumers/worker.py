@@ -41,6 +41,7 @@ from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.bus import BusNames
 from service.envelope import parse
 from service.errors import InvalidEnvelope
+from service.logs import bound_logger
 
 log = structlog.get_logger("consumers.worker")
 
@@ -68,6 +69,7 @@ class _Running:
     channel: AbstractChannel
     queue: AbstractQueue
     tag: str = ""
+    handling: int = 0
 
 
 def _now() -> str:
@@ -103,6 +105,7 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
         self.metrics = WorkerMetrics()
+        self._log = bound_logger("consumers.worker")
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -161,6 +164,8 @@ class Worker:
         queue = await declare_consumer_topology(channel, self._names, consumer)
         queues = ConsumerQueues(self._names.prefix, consumer.name)
         running = _Running(consumer, queues, channel, queue)
+        # Read when scraped, so counting a message costs no lock.
+        self.metrics.in_flight.labels(consumer.name).set_function(lambda: running.handling)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self._handle(running, message)
@@ -192,15 +197,15 @@ class Worker:
         self._in_flight.add(task)
         started = time.perf_counter()
         attempt = attempt_of(message)
+        routing_key = routing_key_of(message)
         name = running.consumer.name
-        in_flight = self.metrics.in_flight.labels(name)
-        in_flight.inc()
+        running.handling += 1
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(
             consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
         )
         try:
-            outcome = await self._process(running, message, attempt)
+            outcome = await self._process(running, message, routing_key, attempt)
         except asyncio.CancelledError:
             log.warning("handler cancelled; the message goes back to the queue")
             raise
@@ -212,20 +217,19 @@ class Worker:
             outcome = "requeued"
         finally:
             self._in_flight.discard(task)
-            in_flight.dec()
+            running.handling -= 1
         seconds = time.perf_counter() - started
-        self.metrics.handled(name, routing_key_of(message), outcome, seconds)
-        log.info("message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
+        self.metrics.handled(name, routing_key, outcome, seconds)
+        self._log.info("message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
 
     async def _process(
-        self, running: _Running, message: AbstractIncomingMessage, attempt: int
+        self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
     ) -> str:
-        routing_key = routing_key_of(message)
         try:
             envelope = parse(message.body)
         except InvalidEnvelope as invalid:
             return await self._dead(running, message, routing_key, attempt, invalid, "rejected")
-        event = event_from(message, envelope)
+        event = event_from(message, envelope, routing_key, attempt)
         structlog.contextvars.bind_contextvars(
             event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
         )

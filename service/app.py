@@ -22,6 +22,7 @@ from service.auth import Authenticator
 from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_message
 from service.damping import FailureDamper
 from service.errors import InvalidEnvelope, PublishFailed, Unauthorized
+from service.logs import bound_logger
 from service.metrics import ReceiverMetrics
 from service.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
@@ -53,6 +54,7 @@ class Context:
     store: DurableStore
     damper: FailureDamper
     metrics: ReceiverMetrics
+    log: structlog.typing.FilteringBoundLogger
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
@@ -85,7 +87,7 @@ async def receive(request: web.Request) -> web.Response:
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         ctx.metrics.delivery(outcome, line.get("routing_key"))
-        log.info(
+        ctx.log.info(
             "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
         )
         return response
@@ -98,8 +100,12 @@ async def receive(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
     try:
-        async with asyncio.timeout(ctx.settings.body_timeout):
+        if request.content.is_eof():
+            # The whole body came with the headers: no timer to arm.
             body = await request.read()
+        else:
+            async with asyncio.timeout(ctx.settings.body_timeout):
+                body = await request.read()
     except TimeoutError:
         return done(_json(408, {"status": "body_timeout"}, Connection="close"), "bad_request")
     except web.HTTPRequestEntityTooLarge:
@@ -148,9 +154,12 @@ async def receive(request: web.Request) -> web.Response:
     line["message_id"] = message.message_id
 
     try:
-        with ctx.metrics.in_flight.track_inprogress():
+        ctx.metrics.in_flight.inc()
+        try:
             line["stored"] = where = await ctx.store.store(message)
-        ctx.metrics.store_seconds.labels(where).observe(time.perf_counter() - started)
+        finally:
+            ctx.metrics.in_flight.dec()
+        ctx.metrics.stored(where).observe(time.perf_counter() - started)
     except (PublishFailed, SpoolError) as failure:
         line["error"] = type(failure).__name__
         return done(_unavailable(), "unavailable")
@@ -215,7 +224,15 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
         on_drained=receiver_metrics.spool_drained.inc,
     )
     damper = FailureDamper(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
-    app[CONTEXT] = Context(settings, names, authenticator, store, damper, receiver_metrics)
+    app[CONTEXT] = Context(
+        settings,
+        names,
+        authenticator,
+        store,
+        damper,
+        receiver_metrics,
+        bound_logger("service.delivery"),
+    )
     app.cleanup_ctx.append(_store_lifetime)
     app.router.add_post(WEBHOOK_PATH, receive)
     app.router.add_get("/healthz", healthz)

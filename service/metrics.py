@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # Event names come from the outside: past this many routing keys, the rest count as "other".
 MAX_ROUTING_KEYS = 200
@@ -28,6 +34,22 @@ class LabelCap:
         return value
 
 
+def children(metric: M) -> Callable[..., M]:
+    """`metric.labels`, remembered per label set: the lookup costs a lock on every call.
+
+    It holds no more than the metric itself does, so bounded labels keep it bounded.
+    """
+    cache: dict[tuple[str, ...], M] = {}
+
+    def child(*values: str) -> M:
+        found = cache.get(values)
+        if found is None:
+            found = cache[values] = metric.labels(*values)
+        return found
+
+    return child
+
+
 class ReceiverMetrics:
     """Every metric the receiver exports."""
 
@@ -47,6 +69,8 @@ class ReceiverMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        self._delivery = children(self.deliveries)
+        self.stored = children(self.store_seconds)
         self.in_flight = Gauge(
             "relay_publishes_in_flight",
             "Deliveries waiting for a broker confirm or a spool write.",
@@ -68,7 +92,7 @@ class ReceiverMetrics:
         )
 
     def delivery(self, outcome: str, routing_key: str | None) -> None:
-        self.deliveries.labels(outcome, self.routing_key(routing_key)).inc()
+        self._delivery(outcome, self.routing_key(routing_key)).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
