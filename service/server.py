@@ -21,6 +21,7 @@ from aiohttp import web
 
 from service.app import CONTEXT, create_app
 from service.errors import SettingsError
+from service.publisher import Publisher
 from service.settings import Settings
 
 log = structlog.get_logger("service.server")
@@ -57,10 +58,10 @@ def _capped(server: web.Server, limit: int) -> Callable[[], asyncio.BaseProtocol
     return protocol
 
 
-async def serve(settings: Settings) -> None:
-    """Serve until SIGTERM or SIGINT, then drain and return."""
+async def serve(settings: Settings, *, publisher: Publisher | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain and return; `publisher` as in `create_app`."""
     context = tls_context(settings)
-    app = create_app(settings)
+    app = create_app(settings, publisher=publisher)
     runner = web.AppRunner(
         app,
         access_log=None,

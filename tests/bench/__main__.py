@@ -40,8 +40,8 @@ CONCURRENCY = (16, 64, 256)
 SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 WARMUP = 2.0
 E2E_RATE, E2E_SECONDS = 100, 10.0
-WORKER_MESSAGES = 20_000
-WORKER_ROUNDS = 3
+WORKER_MESSAGES = 10_000
+WORKER_ROUNDS = 5
 TARGETS = {
     "receiver_vs_ceiling_at_64": 0.70,
     "receiver_p99_ms_at_64": 50.0,
@@ -64,8 +64,9 @@ def run_json(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
     return dict(json.loads(line))
 
 
-def ceiling(prefix: str) -> dict[str, Any]:
-    return run_json(sys.executable, "-m", "tests.bench.ceiling", AMQP_URL, prefix, str(SECONDS))
+def publishing(module: str, prefix: str) -> dict[str, Any]:
+    """The ceiling, or the receiver's publish path alone, from a process of its own."""
+    return run_json(sys.executable, "-m", module, AMQP_URL, prefix, str(SECONDS), env=base_env())
 
 
 def load_point(url: str, connections: int, seconds: float) -> dict[str, Any]:
@@ -128,7 +129,43 @@ async def ready(url: str) -> bool:
         return False
 
 
-async def receiver_points(prefix: str, workdir: Path) -> tuple[list[dict[str, Any]], float, int]:
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def broker_pids() -> list[int]:
+    """The local RabbitMQ's Erlang VM processes, if the broker runs on this machine."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "beam.smp":
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+async def settle(within: float = 30.0) -> None:
+    """Wait until a local broker is idle, up to `within` seconds.
+
+    A quorum queue keeps writing and compacting after a load ends; on two shared cores
+    that work would be charged to whatever is measured next.
+    """
+    pids = broker_pids()
+    deadline = time.monotonic() + within
+    while pids and time.monotonic() < deadline:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        await asyncio.sleep(1.0)
+        if sum(cpu_seconds(pid) for pid in pids) - before < 0.1:
+            return
+
+
+async def serving(
+    module: str, prefix: str, workdir: Path
+) -> tuple[asyncio.subprocess.Process, str]:
+    """Start `python -m module` as a receiver and wait until it is ready; return it and its URL."""
     port = free_port()
     env = base_env(
         AMQP_URL=AMQP_URL,
@@ -138,26 +175,50 @@ async def receiver_points(prefix: str, workdir: Path) -> tuple[list[dict[str, An
         PORT=str(port),
         LOG_FORMAT="json",
     )
-    receiver = await start(["-m", "service"], env, workdir / "receiver.log")
+    receiver = await start(["-m", module], env, workdir / f"{module}.log")
     async with asyncio.timeout(30):
         while not await ready(f"http://127.0.0.1:{port}/readyz"):
             await asyncio.sleep(0.1)
-    url = f"http://127.0.0.1:{port}/webhooks/avionte"
+    return receiver, f"http://127.0.0.1:{port}"
+
+
+async def measure(
+    receiver: asyncio.subprocess.Process, url: str, connections: int
+) -> dict[str, Any]:
+    """One load point after a warm-up, with the receiver's CPU time per request."""
+    await settle()
+    await asyncio.to_thread(load_point, url, connections, WARMUP)
+    before = cpu_seconds(receiver.pid)
+    point = await asyncio.to_thread(load_point, url, connections, SECONDS)
+    point["connections"] = connections
+    point["per_second"] = point["requests"] / point["seconds"]
+    point["cpu_us"] = (cpu_seconds(receiver.pid) - before) / max(point["requests"], 1) * 1e6
+    point["errors"] = point["non200"] + sum(
+        point[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
+    )
+    return point
+
+
+async def receiver_points(prefix: str, workdir: Path) -> tuple[list[dict[str, Any]], float, str]:
+    receiver, base = await serving("service", prefix, workdir)
     points = []
     for connections in CONCURRENCY:
-        await asyncio.to_thread(load_point, url, connections, WARMUP)
-        point = await asyncio.to_thread(load_point, url, connections, SECONDS)
-        point["connections"] = connections
-        point["per_second"] = point["requests"] / point["seconds"]
-        point["errors"] = point["non200"] + sum(
-            point[k] for k in ("connect_errors", "read_errors", "write_errors", "timeouts")
-        )
+        point = await measure(receiver, f"{base}/webhooks/avionte", connections)
         points.append(point)
         print(
             f"  receiver at {connections:3d} connections: {point['per_second']:8.0f}/s", flush=True
         )
-    rss = peak_rss_mib(receiver.pid)
-    return points, rss, port
+    return points, peak_rss_mib(receiver.pid), base
+
+
+async def stubbed_point(prefix: str, workdir: Path) -> dict[str, Any]:
+    """The receiver at 64 connections with publishing stubbed out: the HTTP side alone."""
+    receiver, base = await serving("tests.bench.stub_receiver", prefix, workdir)
+    try:
+        return await measure(receiver, f"{base}/webhooks/avionte", 64)
+    finally:
+        receiver.terminate()
+        await receiver.wait()
 
 
 async def purge(prefix: str) -> None:
@@ -166,7 +227,7 @@ async def purge(prefix: str) -> None:
         await (await bus.queue(bus.names.unrouted)).purge()
 
 
-async def end_to_end(prefix: str, port: int, workdir: Path) -> dict[str, Any]:
+async def end_to_end(prefix: str, base: str, workdir: Path) -> dict[str, Any]:
     latencies = workdir / "latencies.txt"
     env = base_env(
         AMQP_URL=AMQP_URL,
@@ -180,7 +241,7 @@ async def end_to_end(prefix: str, port: int, workdir: Path) -> dict[str, Any]:
     )
     await asyncio.sleep(3)  # declared and consuming
     template = json.loads(fixture_bodies()["placement_updated"])
-    url = f"http://127.0.0.1:{port}/webhooks/avionte"
+    url = f"{base}/webhooks/avionte"
     total = int(E2E_RATE * E2E_SECONDS)
     async with aiohttp.ClientSession() as session:
         begun = time.monotonic()
@@ -229,6 +290,7 @@ async def prefill(prefix: str, count: int) -> str:
 async def noop_worker(prefix: str, workdir: Path, level: str) -> dict[str, float]:
     """One worker process drains WORKER_MESSAGES with the no-op handler."""
     await prefill(prefix, WORKER_MESSAGES)
+    await settle()
     done = workdir / f"noop-done-{level}.txt"
     done.unlink(missing_ok=True)
     env = base_env(
@@ -253,6 +315,7 @@ async def noop_worker(prefix: str, workdir: Path, level: str) -> dict[str, float
 async def raw_loop(prefix: str) -> dict[str, float]:
     """The bare aio-pika loop drains WORKER_MESSAGES from the same queue."""
     queue = await prefill(prefix, WORKER_MESSAGES)
+    await settle()
     return await asyncio.to_thread(
         run_json,
         sys.executable,
@@ -312,16 +375,38 @@ async def cleanup(prefix: str) -> None:
 
 
 def table(result: dict[str, Any]) -> str:
-    rows = [("ceiling (aiormq, confirms)", f"{result['ceiling_per_second']:.0f} msg/s", "")]
-    for point in result["receiver"]:
+    rows = [
+        (
+            "ceiling (aiormq, confirms)",
+            f"{result['ceiling_per_second']:.0f} msg/s",
+            f"CPU {result['ceiling_cpu_us']:.0f} us/msg",
+        )
+    ]
+    rows.append(
+        (
+            "publish path, no HTTP",
+            f"{result['publish_path_per_second']:.0f} msg/s",
+            f"CPU {result['publish_path_cpu_us']:.0f} us/msg, receiver's publisher and messages",
+        )
+    )
+    stub = result["receiver_stubbed"]
+    for point, label in [*((p, "receiver") for p in result["receiver"]), (stub, "publish stubbed")]:
         rows.append(
             (
-                f"receiver, {point['connections']} connections",
+                f"{label}, {point['connections']} connections",
                 f"{point['per_second']:.0f} req/s",
                 f"p50 {point['p50_ms']:.1f}  p95 {point['p95_ms']:.1f}"
-                f"  p99 {point['p99_ms']:.1f} ms  errors {point['errors']}",
+                f"  p99 {point['p99_ms']:.1f} ms  errors {point['errors']}"
+                f"  CPU {point['cpu_us']:.0f} us/req",
             )
         )
+    rows.append(
+        (
+            "one-process bound",
+            f"{result['one_process_bound']:.2f} of ceiling",
+            "ceiling CPU / (publish stubbed CPU + publish path CPU)",
+        )
+    )
     e2e = result["end_to_end"]
     rows.append(
         (
@@ -397,12 +482,19 @@ async def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         print("ceiling ...", flush=True)
-        ceiling_rate = (await asyncio.to_thread(ceiling, prefix))["per_second"]
-        print("receiver ...", flush=True)
-        points, receiver_rss, port = await receiver_points(prefix, workdir)
+        await settle()
+        top = await asyncio.to_thread(publishing, "tests.bench.ceiling", prefix)
+        print("publish path ...", flush=True)
+        await settle()
+        path = await asyncio.to_thread(publishing, "tests.bench.publish_path", prefix)
         await purge(prefix)
+        print("receiver ...", flush=True)
+        points, receiver_rss, base = await receiver_points(prefix, workdir)
+        await purge(prefix)
+        print("receiver with publishing stubbed ...", flush=True)
+        stubbed = await stubbed_point(prefix, workdir)
         print("end to end ...", flush=True)
-        e2e = await end_to_end(prefix, port, workdir)
+        e2e = await end_to_end(prefix, base, workdir)
         print("workers ...", flush=True)
         worker, worker_rss = await workers(prefix, workdir)
     finally:
@@ -413,7 +505,7 @@ async def main() -> None:
                 await child.wait()
     at64 = next(p for p in points if p["connections"] == 64)
     values = {
-        "receiver_vs_ceiling_at_64": at64["per_second"] / ceiling_rate,
+        "receiver_vs_ceiling_at_64": at64["per_second"] / top["per_second"],
         "receiver_p99_ms_at_64": at64["p99_ms"],
         "e2e_p50_ms": e2e["p50_ms"],
         "worker_vs_raw": worker["worker_per_second"] / worker["raw_per_second"],
@@ -421,8 +513,15 @@ async def main() -> None:
     }
     higher_is_better = {"receiver_vs_ceiling_at_64", "worker_vs_raw"}
     result = {
-        "ceiling_per_second": ceiling_rate,
+        "ceiling_per_second": top["per_second"],
+        "ceiling_cpu_us": top["cpu_us"],
         "receiver": points,
+        "receiver_stubbed": stubbed,
+        "publish_path_per_second": path["per_second"],
+        "publish_path_cpu_us": path["cpu_us"],
+        # The receiver's best case: its HTTP side and its publish path cost no more
+        # together than apart, and a core does nothing else.
+        "one_process_bound": top["cpu_us"] / (stubbed["cpu_us"] + path["cpu_us"]),
         "end_to_end": e2e,
         **worker,
         "receiver_rss_mib": receiver_rss,
