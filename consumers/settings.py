@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from yarl import URL
-
-from service.settings import LOG_FORMATS, LOG_LEVELS, EnvReader, Secret, Settings
+from service.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    EnvReader,
+    Secret,
+    Settings,
+    url_passwords,
+)
 
 
 @dataclass(frozen=True)
@@ -23,8 +28,7 @@ class WorkerSettings:
 
     def secret_values(self) -> tuple[str, ...]:
         """The broker password, for masking in logs."""
-        password = URL(self.amqp_url.value).password
-        return (password,) if password else ()
+        return url_passwords(self.amqp_url.value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:

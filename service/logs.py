@@ -14,52 +14,11 @@ import sys
 from collections.abc import Iterable
 from typing import Any, BinaryIO, cast
 
-import orjson
 import structlog
 
+from service.redaction import MaskFields, RedactingJSON
+
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
-
-
-def _orjson_dumps(event: dict[str, Any], **_: Any) -> str:
-    return orjson.dumps(event, default=str).decode()
-
-
-class _Redactor:
-    """Masks every configured secret in the string values of a log event (library lines)."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
-
-    def __call__(
-        self, _: Any, __: str, event: structlog.typing.EventDict
-    ) -> structlog.typing.EventDict:
-        for key, value in event.items():
-            if isinstance(value, str):
-                for secret in self._secrets:
-                    if secret in value:
-                        value = value.replace(secret, "[redacted]")
-                event[key] = value
-        return event
-
-
-class _RedactingJSON:
-    """Renders an event as one JSON line with every configured secret masked in it.
-
-    JSON escapes a string character by character, so wherever a secret sits in the
-    event, the line holds its escaped form: one search of the rendered bytes per secret
-    replaces a scan of every field.
-    """
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        forms = {orjson.dumps(secret)[1:-1] for secret in secrets if secret}
-        self._forms = tuple(sorted(forms, key=len, reverse=True))
-
-    def __call__(self, _: Any, __: str, event: structlog.typing.EventDict) -> bytes:
-        line = orjson.dumps(event, default=repr)
-        for form in self._forms:
-            if form in line:
-                line = line.replace(form, b"[redacted]")
-        return line
 
 
 def bound_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -110,36 +69,38 @@ def configure_logging(
     out = stream or sys.stderr.buffer
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     secrets = tuple(redact)
-    common: list[structlog.typing.Processor] = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.format_exc_info,
     ]
-    shared: list[structlog.typing.Processor] = [*common, _Redactor(secrets)]
-    own: list[structlog.typing.Processor]
-    text_renderer: structlog.typing.Processor
+    last: list[structlog.typing.Processor]
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
-        own = [*shared, renderer]
+        last = [MaskFields(secrets), renderer]
         text = io.TextIOWrapper(out, write_through=True)
 
         def factory(*args: Any) -> Any:
             return _named(structlog.PrintLogger(text), args)
 
-        text_renderer = renderer
+        text_last = last
     else:
-        own = [*common, _RedactingJSON(secrets)]
+        json_line = RedactingJSON(secrets)
+        last = [json_line]
 
         def factory(*args: Any) -> Any:
             return _named(_BytesLogger(out), args)
 
-        text_renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        def text_line(logger: Any, method: str, event: structlog.typing.EventDict) -> str:
+            return json_line(logger, method, event).decode()
+
+        text_last = [text_line]
 
     numeric = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=own,
+        processors=[*shared, *last],
         logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
@@ -149,7 +110,7 @@ def configure_logging(
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *text_last],
         )
     )
     root = logging.getLogger()

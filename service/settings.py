@@ -30,6 +30,12 @@ class Secret:
     __str__ = __repr__
 
 
+def url_passwords(url: str) -> tuple[str, ...]:
+    """The password in `url`, decoded and as written (percent-encoded), for masking."""
+    parsed = URL(url)
+    return tuple(p for p in dict.fromkeys((parsed.password, parsed.raw_password)) if p)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the receiver is configured with."""
@@ -60,9 +66,8 @@ class Settings:
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this configuration holds, for masking in logs."""
-        password = URL(self.amqp_url.value).password
         values = [s.value for s in (*self.api_keys, *self.shared_secrets)]
-        return tuple(values + ([password] if password else []))
+        return (*values, *url_passwords(self.amqp_url.value))
 
     @property
     def broker_display(self) -> str:

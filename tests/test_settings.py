@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from service.errors import SettingsError
-from service.settings import Settings
+from service.settings import Settings, url_passwords
 
 BASE = {"WEBHOOK_API_KEYS": "key-one, key-two"}
 
@@ -120,3 +120,9 @@ def test_a_secret_and_its_file_together_are_refused(tmp_path: Path) -> None:
     path.write_text("k")
     with pytest.raises(SettingsError, match="not both"):
         Settings.from_env({"WEBHOOK_API_KEYS": "k", "WEBHOOK_API_KEYS_FILE": str(path)})
+
+
+def test_the_broker_password_is_masked_decoded_and_as_written() -> None:
+    assert url_passwords("amqp://u:p%40ss@h/") == ("p@ss", "p%40ss")
+    assert url_passwords("amqp://u:plain@h/") == ("plain",)
+    assert url_passwords("amqp://h/") == ()

@@ -498,11 +498,12 @@ async def main() -> None:
         print("workers ...", flush=True)
         worker, worker_rss = await workers(prefix, workdir)
     finally:
-        await cleanup(prefix)
+        # Children first: a worker still running would declare its queues again.
         for child in CHILDREN:
             if child.returncode is None:
                 child.terminate()
                 await child.wait()
+        await cleanup(prefix)
     at64 = next(p for p in points if p["connections"] == 64)
     values = {
         "receiver_vs_ceiling_at_64": at64["per_second"] / top["per_second"],

@@ -19,8 +19,10 @@ _count = int(os.environ.get("BENCH_COUNT", "0"))
 
 
 def _write(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as file:
+    # Whole or not at all: the benchmark reads the file as soon as it exists.
+    with open(f"{path}.part", "w", encoding="utf-8") as file:
         file.write(text)
+    os.replace(f"{path}.part", path)
 
 
 @noop.on("#")
