@@ -1,0 +1,142 @@
+"""The workers' phase of the benchmark: the no-op worker next to a bare aio-pika loop."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+
+from consumers import Consumer
+from consumers.topology import ConsumerQueues, declare_consumer_topology
+from service.auth import AuthMethod
+from service.bus import BusNames, Receipt, event_message
+from service.envelope import parse
+from tests.bench.noop import noop
+from tests.bench.processes import peak_rss_mib, run_json, settle, start, wait_for
+from tests.bench.timed import timed
+from tests.receivers import base_env
+from tests.support import AMQP_URL, fixture_bodies, open_bus
+
+WORKER_MESSAGES = 10_000
+
+
+WORKER_ROUNDS = 5
+
+
+async def prefill(prefix: str, count: int) -> str:
+    """Declare the no-op consumer's queues and fill its queue with `count` events."""
+    names = BusNames(prefix)
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await declare_consumer_topology(channel, names, noop)
+        underlay = await channel.get_underlay_channel()
+        body = fixture_bodies()["placement_updated"]
+        # Shaped as the receiver shapes them, headers included: the worker decodes those.
+        receipt = Receipt(str(uuid.uuid4()), AuthMethod.API_KEY, datetime.now(UTC))
+        properties = event_message(names, parse(body), body, receipt).properties
+        for start_at in range(0, count, 500):
+            await asyncio.gather(
+                *(
+                    underlay.basic_publish(
+                        body,
+                        exchange=names.events,
+                        routing_key="placement.updated",
+                        properties=properties,
+                    )
+                    for _ in range(min(500, count - start_at))
+                )
+            )
+        return queue.name
+
+
+async def noop_worker(prefix: str, workdir: Path, level: str) -> dict[str, float]:
+    """One worker process drains WORKER_MESSAGES with the no-op handler."""
+    await prefill(prefix, WORKER_MESSAGES)
+    await settle()
+    done = workdir / f"noop-done-{level}.txt"
+    done.unlink(missing_ok=True)
+    env = base_env(
+        AMQP_URL=AMQP_URL,
+        BUS_PREFIX=prefix,
+        LOG_LEVEL=level,
+        METRICS_PORT="0",
+        BENCH_COUNT=str(WORKER_MESSAGES),
+        BENCH_DONE=str(done),
+    )
+    worker = await start(
+        ["-m", "consumers", "run", "tests.bench.noop"], env, workdir / f"noop-{level}.log"
+    )
+    await wait_for(done.exists, within=300)
+    counted, wall, cpu = (float(value) for value in done.read_text().split())
+    rss = peak_rss_mib(worker.pid)
+    worker.terminate()
+    await worker.wait()
+    return {"per_second": counted / wall, "cpu_us": cpu / counted * 1e6, "rss_mib": rss}
+
+
+async def raw_loop(prefix: str) -> dict[str, float]:
+    """The bare aio-pika loop drains WORKER_MESSAGES from the same queue."""
+    queue = await prefill(prefix, WORKER_MESSAGES)
+    await settle()
+    return await asyncio.to_thread(
+        run_json,
+        sys.executable,
+        "-m",
+        "tests.bench.raw_consumer",
+        AMQP_URL,
+        queue,
+        str(WORKER_MESSAGES),
+        str(noop.concurrency),
+    )
+
+
+async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
+    """The worker next to the raw loop: alternated, best of WORKER_ROUNDS each.
+
+    Rounds alternate because the machine's speed drifts. The worker runs at
+    LOG_LEVEL=warning, then once more at info, which writes a line per message.
+    """
+    worker_runs, raw_runs = [], []
+    for _ in range(WORKER_ROUNDS):
+        raw_runs.append(await raw_loop(prefix))
+        worker_runs.append(await noop_worker(prefix, workdir, "warning"))
+    logged = await noop_worker(prefix, workdir, "info")
+    best_worker = max(worker_runs, key=lambda run: run["per_second"])
+    best_raw = max(raw_runs, key=lambda run: run["per_second"])
+    result = {
+        "worker_per_second": best_worker["per_second"],
+        "raw_per_second": best_raw["per_second"],
+        "worker_cpu_us": min(run["cpu_us"] for run in worker_runs),
+        "raw_cpu_us": min(run["cpu_us"] for run in raw_runs),
+        "worker_logged_per_second": logged["per_second"],
+        "worker_runs": worker_runs,
+        "raw_runs": raw_runs,
+    }
+    return result, max(run["rss_mib"] for run in [*worker_runs, logged])
+
+
+async def remove_queues(prefix: str, *consumers: Consumer) -> None:
+    """Delete these consumers' queues."""
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for consumer in consumers:
+            queues = ConsumerQueues(prefix, consumer.name)
+            for name in (queues.main, queues.dead, queues.bindings):
+                await channel.queue_delete(name)
+            for delay in consumer.retry_delays:
+                await channel.queue_delete(queues.retry(delay))
+
+
+async def cleanup(prefix: str) -> None:
+    """Delete everything the run declared."""
+    await remove_queues(prefix, noop, timed)
+    connection, bus = await open_bus(prefix)
+    async with connection:
+        await bus.remove_all()
