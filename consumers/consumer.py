@@ -107,3 +107,14 @@ class Consumer:
             if len(self._handlers_by_key) < 1024:
                 self._handlers_by_key[routing_key] = found
         return found
+
+
+def check_unique(consumers: Sequence[Consumer]) -> None:
+    """Fail on two consumers with one name, or a consumer without handlers."""
+    seen: set[str] = set()
+    for consumer in consumers:
+        if consumer.name in seen:
+            raise RegistrationError(f"two consumers are named {consumer.name!r}")
+        if not consumer.routes:
+            raise RegistrationError(f"consumer {consumer.name!r} has no handlers")
+        seen.add(consumer.name)

@@ -6,23 +6,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
-from pamqp.common import FieldTable
 
-from consumers.event import ROUTING_KEY, copy_of
+from consumers.event import ATTEMPT, BROKER_HEADERS, ROUTING_KEY, copy_of
 from consumers.topology import ConsumerQueues
 
 # Headers that belong to one run through the retries; a replay starts afresh.
 _ATTEMPT_HEADERS = (
-    "x-attempt",
+    ATTEMPT,
     "x-attempts",
     "x-error-type",
     "x-error-message",
     "x-first-failure-at",
     "x-last-failure-at",
-    "x-death",
-    "x-first-death-",
-    "x-last-death-",
-    "x-delivery-count",
+    *BROKER_HEADERS,
 )
 
 
@@ -106,13 +102,7 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
         message = await queue.get(no_ack=False, fail=False)
         if message is None:
             break
-        headers: FieldTable = {
-            key: value
-            for key, value in (message.headers or {}).items()
-            if not key.startswith(_ATTEMPT_HEADERS)
-        }
-        headers[ROUTING_KEY] = _original_routing_key(message)
-        copy = copy_of(message, headers)
+        copy = copy_of(message, {ROUTING_KEY: _original_routing_key(message)}, _ATTEMPT_HEADERS)
         await channel.default_exchange.publish(copy, routing_key=queues.main, mandatory=True)
         await message.ack()
         moved += 1

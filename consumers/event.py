@@ -15,6 +15,8 @@ from service.envelope import Envelope
 
 ATTEMPT = "x-attempt"
 ROUTING_KEY = "x-routing-key"
+# Headers the broker adds on dead-lettering; a copy's own x- headers tell the story instead.
+BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,7 @@ def parse_resource(value: object) -> dict[str, Any] | None:
     """The `Resource` field as a dict: Avionté sends it as a string holding JSON."""
     if isinstance(value, dict):
         return value
-    if not isinstance(value, str | bytes):
+    if not isinstance(value, str):
         return None
     try:
         parsed = orjson.loads(value)
@@ -59,8 +61,17 @@ def routing_key_of(message: AbstractIncomingMessage) -> str:
     return value if isinstance(value, str) and value else message.routing_key or ""
 
 
-def copy_of(message: AbstractIncomingMessage, headers: FieldTable) -> aio_pika.Message:
-    """A persistent copy of `message` with other headers, for a retry, dead or replay queue."""
+def copy_of(
+    message: AbstractIncomingMessage, extra: FieldTable, drop: tuple[str, ...] = BROKER_HEADERS
+) -> aio_pika.Message:
+    """A persistent copy of `message` for a retry, dead or replay queue.
+
+    It keeps the headers not starting with one of `drop`, and adds `extra`.
+    """
+    headers: FieldTable = {
+        key: value for key, value in (message.headers or {}).items() if not key.startswith(drop)
+    }
+    headers.update(extra)
     return aio_pika.Message(
         message.body,
         headers=headers,

@@ -8,9 +8,8 @@ import pkgutil
 from types import ModuleType
 
 import consumers
-from consumers.consumer import Consumer
+from consumers.consumer import Consumer, check_unique
 from consumers.errors import LoadError
-from consumers.worker import check_unique
 
 # Modules of the runtime itself, never consumers.
 _RUNTIME = frozenset(

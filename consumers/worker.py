@@ -25,8 +25,8 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
-from consumers.consumer import Consumer
-from consumers.errors import RegistrationError, Reject
+from consumers.consumer import Consumer, check_unique
+from consumers.errors import Reject
 from consumers.event import (
     ATTEMPT,
     ROUTING_KEY,
@@ -42,6 +42,7 @@ from service.bus import BusNames
 from service.envelope import parse
 from service.errors import InvalidEnvelope
 from service.logs import bound_logger
+from service.timing import backoff, iso_utc
 
 log = structlog.get_logger("consumers.worker")
 
@@ -54,8 +55,6 @@ MAX_REQUEUE_PAUSE = 60.0
 SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 MAX_ERROR_MESSAGE = 1000
-# Headers the broker adds on dead-lettering; our own x- headers tell the story instead.
-_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 
 
 class NoHandler(Exception):
@@ -73,18 +72,7 @@ class _Running:
 
 
 def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def check_unique(consumers: Sequence[Consumer]) -> None:
-    """Fail on two consumers with one name, or a consumer without handlers."""
-    seen: set[str] = set()
-    for consumer in consumers:
-        if consumer.name in seen:
-            raise RegistrationError(f"two consumers are named {consumer.name!r}")
-        if not consumer.routes:
-            raise RegistrationError(f"consumer {consumer.name!r} has no handlers")
-        seen.add(consumer.name)
+    return iso_utc(datetime.now(UTC))
 
 
 class Worker:
@@ -152,7 +140,7 @@ class Worker:
             except (OSError, aio_pika.exceptions.AMQPError) as exc:
                 if failures == 0:
                     log.warning("broker unreachable; retrying", error=type(exc).__name__)
-                delay = CONNECT_DELAYS[min(failures, len(CONNECT_DELAYS) - 1)]
+                delay = backoff(CONNECT_DELAYS, failures)
                 failures += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
@@ -275,13 +263,7 @@ class Worker:
     ) -> bool:
         """Publish a confirmed copy to `target`, then ack; on failure hand the message back."""
         assert self._publisher is not None
-        headers: FieldTable = {
-            key: value
-            for key, value in (message.headers or {}).items()
-            if not key.startswith(_BROKER_HEADERS)
-        }
-        headers.update(extra)
-        copy = copy_of(message, headers)
+        copy = copy_of(message, extra)
         try:
             await self._publisher.default_exchange.publish(
                 copy, routing_key=target, mandatory=True, timeout=FORWARD_TIMEOUT
@@ -329,7 +311,7 @@ async def _bounded(step: Awaitable[object], what: str) -> None:
     """A shutdown step that may fail or hang without a link; the broker requeues what is left."""
     try:
         await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT)
-    except (Exception, TimeoutError) as exc:
+    except Exception as exc:
         log.warning(f"could not {what}", error_type=type(exc).__name__)
 
 

@@ -10,6 +10,7 @@ from pamqp.common import FieldTable
 
 from service.auth import AuthMethod
 from service.envelope import Envelope, body_digest
+from service.timing import iso_utc
 
 PERSISTENT = 2
 CONTENT_TYPE = "application/json"
@@ -60,7 +61,7 @@ class Receipt:
     received_at: datetime
 
     def headers(self) -> FieldTable:
-        received = self.received_at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        received = iso_utc(self.received_at)
         return {"x-received-at": received, "x-delivery-id": self.delivery_id, "x-auth": self.auth}
 
 

@@ -26,6 +26,8 @@ from service.errors import (
     PublishReturned,
     PublishTimeout,
 )
+from service.settings import display_url
+from service.timing import backoff
 from service.topology import declare_receiver_topology
 
 log = structlog.get_logger("service.publisher")
@@ -133,9 +135,11 @@ class AmqpPublisher:
                 # Any failure to connect, of whatever type, means: wait and try again.
                 if failures == 0:
                     log.warning(
-                        "broker unreachable", broker=_display(self._url), error=type(exc).__name__
+                        "broker unreachable",
+                        broker=display_url(self._url),
+                        error=type(exc).__name__,
                     )
-                await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+                await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
                 failures += 1
                 continue
             try:
@@ -150,23 +154,15 @@ class AmqpPublisher:
                 self._channel = None
                 # Closing a connection whose link just died can hang; never let it stop
                 # the loop from connecting again.
-                with contextlib.suppress(Exception, TimeoutError):
+                with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_TIMEOUT)
-            await asyncio.sleep(RECONNECT_DELAYS[min(failures, len(RECONNECT_DELAYS) - 1)])
+            await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
 
     async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_receiver_topology(channel, self._names)
         underlay = await channel.get_underlay_channel()
         self._channel = underlay
-        log.info("broker connected", broker=_display(self._url), prefix=self._names.prefix)
+        log.info("broker connected", broker=display_url(self._url), prefix=self._names.prefix)
         await asyncio.wait([underlay.closing])
         log.warning("broker connection lost")
-
-
-def _display(url: URL) -> str:
-    return (
-        str(url.with_password("***").with_query(None))
-        if url.password
-        else str(url.with_query(None))
-    )

@@ -30,6 +30,12 @@ class Secret:
     __str__ = __repr__
 
 
+def display_url(url: URL) -> str:
+    """`url` fit for logs: its password masked, its query (options) left out."""
+    url = url.with_query(None)
+    return str(url.with_password("***")) if url.password else str(url)
+
+
 def url_passwords(url: str) -> tuple[str, ...]:
     """The password in `url`, decoded and as written (percent-encoded), for masking."""
     parsed = URL(url)
@@ -72,8 +78,7 @@ class Settings:
     @property
     def broker_display(self) -> str:
         """The broker URL with its password masked, fit for logs."""
-        url = URL(self.amqp_url.value)
-        return str(url.with_password("***")) if url.password else str(url)
+        return display_url(URL(self.amqp_url.value))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

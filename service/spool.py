@@ -29,6 +29,7 @@ import structlog
 from service.bus import Outgoing
 from service.errors import RelayError
 from service.spool_format import Damage, Record, encode, scan
+from service.timing import backoff
 
 log = structlog.get_logger("service.spool")
 
@@ -265,7 +266,7 @@ class Spool:
             if await self._drain_batch(publish, on_drained):
                 failures = 0
             else:
-                await asyncio.sleep(DRAIN_RETRY_DELAYS[min(failures, len(DRAIN_RETRY_DELAYS) - 1)])
+                await asyncio.sleep(backoff(DRAIN_RETRY_DELAYS, failures))
                 failures += 1
 
     def _has_damage_left(self) -> bool:

@@ -33,6 +33,7 @@ from tests.support import (
     open_bus,
     receiver_settings,
 )
+from tests.tcp_proxy import TcpProxy, proxy_to
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -89,6 +90,13 @@ def broker_reachable() -> None:
         pytest.fail(
             f"RabbitMQ is not reachable at {url.host}:{url.port} ({exc}); `make test` starts it"
         )
+
+
+@pytest.fixture
+async def proxy(broker_reachable: None) -> AsyncIterator[TcpProxy]:
+    """A TCP proxy in front of the test broker; `proxy.url_for(AMQP_URL)` goes through it."""
+    async with proxy_to(AMQP_URL) as (running, _):
+        yield running
 
 
 @pytest.fixture

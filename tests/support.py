@@ -162,3 +162,14 @@ async def open_bus(prefix: str) -> tuple[aio_pika.abc.AbstractConnection, BusVie
     connection = await aio_pika.connect(AMQP_URL)
     channel = await connection.channel()
     return connection, BusView(channel, BusNames(prefix))
+
+
+async def status_line(host: str, port: int, request: bytes) -> bytes:
+    """Send `request` as raw bytes on a new connection; return the answer's status line."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.readline()
+    finally:
+        writer.close()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from types import TracebackType
+
+from yarl import URL
 
 
 class TcpProxy:
@@ -23,6 +26,10 @@ class TcpProxy:
         self._links: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
+
+    def url_for(self, url: str) -> str:
+        """`url` with its host and port replaced by this proxy's."""
+        return str(URL(url).with_host("127.0.0.1").with_port(self.port))
 
     async def __aenter__(self) -> TcpProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -86,3 +93,11 @@ class TcpProxy:
             sink.write(chunk)
             await sink.drain()
         sink.close()
+
+
+@contextlib.asynccontextmanager
+async def proxy_to(url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A proxy in front of the server in `url` (RabbitMQ by default), and `url` through it."""
+    parsed = URL(url)
+    async with TcpProxy(parsed.host or "127.0.0.1", parsed.port or 5672) as proxy:
+        yield proxy, proxy.url_for(url)

@@ -6,12 +6,10 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from yarl import URL
 
 from service.app import WEBHOOK_PATH, create_app
 from service.settings import Secret
@@ -25,15 +23,8 @@ Client = TestClient[Any, Any]
 PUBLISH_TIMEOUT = 1.0
 
 
-@pytest.fixture
-async def proxy(broker_reachable: None) -> AsyncIterator[TcpProxy]:
-    url = URL(AMQP_URL)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as running:
-        yield running
-
-
 def via(proxy: TcpProxy) -> Secret:
-    return Secret(str(URL(AMQP_URL).with_host("127.0.0.1").with_port(proxy.port)))
+    return Secret(proxy.url_for(AMQP_URL))
 
 
 async def post_event(client: Client) -> tuple[int, str, float]:

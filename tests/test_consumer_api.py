@@ -8,12 +8,12 @@ import pytest
 
 from consumers import Consumer, Event
 from consumers.__main__ import main
+from consumers.consumer import check_unique
 from consumers.errors import LoadError, RegistrationError
 from consumers.event import parse_resource
 from consumers.loader import bundled, load
 from consumers.patterns import matches, normalize_pattern
 from consumers.topology import ConsumerQueues
-from consumers.worker import check_unique
 
 
 async def noop(event: Event) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,7 +12,7 @@ from aiohttp.test_utils import TestClient
 from service.app import CONTEXT, WEBHOOK_PATH, create_app
 from service.errors import BrokerUnavailable, PublishNacked, PublishReturned, PublishTimeout
 from tests.fakes import MemoryPublisher
-from tests.support import API_KEYS, fixture_bodies, receiver_settings
+from tests.support import API_KEYS, fixture_bodies, receiver_settings, status_line
 
 Client = TestClient[Any, Any]
 BODY = fixture_bodies()["talent_created"]
@@ -64,15 +63,14 @@ async def test_declared_oversize_is_refused_before_reading(
 ) -> None:
     # The declared length is over the limit and the body never comes: a 413 proves
     # the receiver answered from the header alone.
-    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
+    request = (
         f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nX-api-key: {API_KEYS[0]}\r\n"
-        "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n".encode()
+        "Content-Type: application/json\r\nContent-Length: 1000000\r\n\r\n"
     )
-    await writer.drain()
-    status_line = await reader.readline()
-    writer.close()
-    assert status_line.startswith(b"HTTP/1.1 413")
+    server = client.server
+    assert server.port is not None
+    answer = await status_line(server.host, server.port, request.encode())
+    assert answer.startswith(b"HTTP/1.1 413")
     assert publisher.published == []
 
 

@@ -9,11 +9,10 @@ import uuid
 
 import aiohttp
 import pytest
-from yarl import URL
 
 from tests.receivers import Receiver, SpawnReceiver, base_env, readyz, run_service
-from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies
-from tests.tcp_proxy import TcpProxy
+from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies, status_line
+from tests.tcp_proxy import proxy_to
 
 BROKER_PASSWORD = "guest"
 
@@ -114,9 +113,7 @@ async def test_logs_hold_no_secret_and_no_body(bus: BusView, receiver: Receiver)
 async def test_sigterm_waits_for_publishes_held_by_a_stalled_broker(
     bus: BusView, spawn_receiver: SpawnReceiver
 ) -> None:
-    url = URL(AMQP_URL)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
-        through_proxy = str(url.with_host("127.0.0.1").with_port(proxy.port))
+    async with proxy_to(AMQP_URL) as (proxy, through_proxy):
         receiver = await spawn_receiver(AMQP_URL=through_proxy, SHUTDOWN_GRACE="1")
         everything = await bus.probe("#")
         template = json.loads(fixture_bodies()["talent_created"])
@@ -153,15 +150,10 @@ async def test_malformed_headers_never_leak_a_secret(bus: BusView, receiver: Rec
         f"X-Payload-Signature: {SHARED_SECRETS[0]}\r",
         f"X-api-key {API_KEYS[1]}",
     ):
-        reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(
-            f"POST /webhooks/avionte HTTP/1.1\r\nHost: x\r\n{header}\r\n"
-            "Content-Length: 2\r\n\r\n{}".encode()
-        )
-        await writer.drain()
-        status_line = await reader.readline()
-        writer.close()
-        assert status_line.split()[1] in (b"400", b"401")
+        request = f"POST /webhooks/avionte HTTP/1.1\r\nHost: x\r\n{header}\r\n"
+        request += "Content-Length: 2\r\n\r\n{}"
+        answer = await status_line(host, int(port), request.encode())
+        assert answer.split()[1] in (b"400", b"401")
     receiver.process.send_signal(signal.SIGTERM)
     assert await receiver.process.wait() == 0
     text = receiver.log.read_text()

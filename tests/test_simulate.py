@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.__main__ import main
 from service.app import WEBHOOK_PATH, create_app
-from service.simulate import KNOWN_EVENTS, Credential, simulate
+from service.simulate import KNOWN_EVENTS, Credential, Summary, simulate
 from tests.fakes import MemoryPublisher
 from tests.support import API_KEYS, FIXTURES, SHARED_SECRETS, receiver_settings
 
@@ -41,10 +41,9 @@ async def serve(aiohttp_server: Callable[..., Awaitable[TestServer]], flaky: Fla
     return str(server.make_url(WEBHOOK_PATH))
 
 
-async def test_two_503s_are_retried_by_the_schedule(aiohttp_server: Any) -> None:
-    flaky = Flaky(failures=2)
-    url = await serve(aiohttp_server, flaky)
-    summary = await simulate(
+async def one_delivery(url: str) -> Summary:
+    """Simulate one delivery on the shortened schedule."""
+    return await simulate(
         url,
         Credential(api_key="k"),
         count=1,
@@ -53,6 +52,12 @@ async def test_two_503s_are_retried_by_the_schedule(aiohttp_server: Any) -> None
         minute=MINUTE,
         progress=False,
     )
+
+
+async def test_two_503s_are_retried_by_the_schedule(aiohttp_server: Any) -> None:
+    flaky = Flaky(failures=2)
+    url = await serve(aiohttp_server, flaky)
+    summary = await one_delivery(url)
     assert (summary.sent, summary.accepted, summary.retried, summary.given_up) == (1, 1, 1, 0)
     first, second, third = flaky.arrivals
     assert second - first < MINUTE / 2  # an immediate retry
@@ -64,15 +69,7 @@ async def test_a_receiver_that_always_fails_is_given_up_on_after_four_attempts(
 ) -> None:
     flaky = Flaky(failures=1000)
     url = await serve(aiohttp_server, flaky)
-    summary = await simulate(
-        url,
-        Credential(api_key="k"),
-        count=1,
-        rate=10,
-        fixtures=FIXTURES,
-        minute=MINUTE,
-        progress=False,
-    )
+    summary = await one_delivery(url)
     assert (summary.sent, summary.accepted, summary.given_up) == (1, 0, 1)
     assert len(flaky.arrivals) == 4
     gaps = [b - a for a, b in zip(flaky.arrivals, flaky.arrivals[1:], strict=False)]

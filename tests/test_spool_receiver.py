@@ -8,13 +8,11 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from yarl import URL
 
 from service.app import WEBHOOK_PATH, create_app
 from service.settings import Secret
@@ -27,19 +25,15 @@ pytestmark = pytest.mark.rabbit
 Client = TestClient[Any, Any]
 
 
-@pytest.fixture
-async def proxy(broker_reachable: None) -> AsyncIterator[TcpProxy]:
-    url = URL(AMQP_URL)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as running:
-        yield running
-
-
 async def start(
     aiohttp_client: Any, bus: BusView, proxy: TcpProxy, spool: Path, **extra: Any
 ) -> Client:
-    url = URL(AMQP_URL).with_host("127.0.0.1").with_port(proxy.port)
     settings = receiver_settings(
-        bus.names.prefix, amqp_url=Secret(str(url)), publish_timeout=1.0, spool_dir=spool, **extra
+        bus.names.prefix,
+        amqp_url=Secret(proxy.url_for(AMQP_URL)),
+        publish_timeout=1.0,
+        spool_dir=spool,
+        **extra,
     )
     client: Client = await aiohttp_client(create_app(settings))
     async with asyncio.timeout(10):
@@ -60,6 +54,13 @@ async def readiness(client: Client) -> dict[str, Any]:
     payload: dict[str, Any] = await response.json()
     payload["http"] = response.status
     return payload
+
+
+async def drained(client: Client) -> None:
+    """Wait until the receiver's spool is empty again."""
+    async with asyncio.timeout(10):
+        while (await readiness(client))["spool"]["records"]:
+            await asyncio.sleep(0.05)
 
 
 async def received(bus: BusView, queue: Any, expected: set[str], within: float = 20) -> list[str]:
@@ -90,9 +91,7 @@ async def test_an_outage_is_spooled_then_drained(
 
     proxy.refuse(False)
     await received(bus, queue, {cid for _, cid in results})
-    async with asyncio.timeout(10):
-        while (await readiness(client))["spool"]["records"]:
-            await asyncio.sleep(0.05)
+    await drained(client)
 
 
 async def test_a_stalled_link_spools_after_the_timeout(
@@ -124,9 +123,7 @@ async def test_a_restart_drains_what_an_earlier_run_spooled(
     proxy.refuse(False)
     second = await start(aiohttp_client, bus, proxy, spool)
     await received(bus, queue, {cid for _, cid in results})
-    async with asyncio.timeout(10):
-        while (await readiness(second))["spool"]["records"]:
-            await asyncio.sleep(0.05)
+    await drained(second)
 
 
 async def test_a_full_spool_answers_503(

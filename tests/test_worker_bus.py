@@ -13,13 +13,12 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from yarl import URL
 
 from consumers import Consumer, Event, Reject
 from consumers.topology import ConsumerQueues
 from tests.conftest import WorkerFactory
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import proxy_to
 
 pytestmark = pytest.mark.rabbit
 
@@ -295,11 +294,10 @@ async def test_a_bad_resource_never_crashes_the_worker(
 async def test_the_worker_resumes_after_a_lost_link(
     bus: BusView, run_worker: WorkerFactory
 ) -> None:
-    url = URL(AMQP_URL)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
+    async with proxy_to(AMQP_URL) as (proxy, through):
         consumer = Consumer("resilient")
         seen = recording(consumer, "talent_created")
-        await run_worker(consumer, amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port)))
+        await run_worker(consumer, amqp_url=through)
         await bus.publish_event("talent_created", CorrelationId="before")
         await seen.until(1)
 
@@ -360,13 +358,10 @@ async def test_replay_stops_at_what_was_there(bus: BusView, run_worker: WorkerFa
 async def test_sigterm_during_an_outage_still_stops(
     bus: BusView, run_worker: WorkerFactory
 ) -> None:
-    url = URL(AMQP_URL)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
+    async with proxy_to(AMQP_URL) as (proxy, through):
         consumer = Consumer("stoppable")
         recording(consumer, "talent_created")
-        running = await run_worker(
-            consumer, amqp_url=str(url.with_host("127.0.0.1").with_port(proxy.port))
-        )
+        running = await run_worker(consumer, amqp_url=through)
         proxy.stall()
         async with asyncio.timeout(30):
             await running.stop()

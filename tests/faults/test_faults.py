@@ -10,18 +10,15 @@ import asyncio
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
-from yarl import URL
 
 from service.app import WEBHOOK_PATH
 from tests.faults.harness import Harness, OwnedBroker
 from tests.faults.load import Load, deliveries, run_load
 from tests.support import AMQP_URL
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxy_to
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
 
@@ -48,13 +45,6 @@ class Report:
             f"  other {self.other:4d}  delivered {self.delivered:5d}"
             f"  duplicates {self.duplicates:4d}  lost {self.lost}  ({self.seconds:.1f} s)"
         )
-
-
-@asynccontextmanager
-async def proxy_to(amqp_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
-    url = URL(amqp_url)
-    async with TcpProxy(url.host or "127.0.0.1", url.port or 5672) as proxy:
-        yield proxy, str(url.with_host("127.0.0.1").with_port(proxy.port))
 
 
 async def finish(
