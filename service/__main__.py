@@ -7,9 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+import structlog
 import uvloop
 
-from service.errors import SettingsError
+from service import parked_command
+from service.errors import ListenFailed, SettingsError
 from service.logs import configure_logging
 from service.server import serve
 from service.settings import Settings
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         "--minute", type=float, default=60.0, help="seconds in the retry schedule's minute (60)"
     )
     sim.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parked = commands.add_parser(
+        "parked", help="list the spool's parked records (SPOOL_DIR), or publish them again"
+    )
+    parked.add_argument("--replay", action="store_true", help="publish them again, with confirms")
+    parked.add_argument("--limit", type=int, help="replay at most this many")
     return parser
 
 
@@ -83,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return _simulate(args)
+    if args.command == "parked":
+        if args.limit is not None and args.limit < 1:
+            print("error: --limit must be at least 1", file=sys.stderr)
+            return 2
+        return parked_command.run(os.environ, replay=args.replay, limit=args.limit)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
@@ -97,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpoolUnusable as exc:
         print(f"error: SPOOL_DIR: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(
-            f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
-            file=sys.stderr,
-        )
+    except ListenFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception:
+        structlog.get_logger("service").exception("receiver failed")
         return 1
     return 0
 

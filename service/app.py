@@ -27,11 +27,14 @@ from service.metrics import ReceiverMetrics
 from service.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
 from service.spool import SpoolError
+from service.spool_drain import DrainState
 from service.store import DurableStore
 
 WEBHOOK_PATH = "/webhooks/avionte"
 # Avionté retries on its own schedule; this hints other senders not to hammer a recovering broker.
 RETRY_AFTER_SECONDS = "5"
+# The client hung up before its body was complete; nothing is sent. nginx's name for it.
+CLIENT_GONE = 499
 
 log = structlog.get_logger("service.delivery")
 
@@ -112,6 +115,8 @@ async def receive(request: web.Request) -> web.Response:
         return done(_json(413, {"status": "too_large", "limit": limit}), "too_large")
     except HttpProcessingError:
         return done(_json(400, {"status": "bad_request"}), "bad_request")
+    except ConnectionError:
+        return done(_json(CLIENT_GONE, {"status": "client_gone"}), "client_gone")
 
     try:
         method = ctx.authenticator.authenticate(
@@ -196,6 +201,10 @@ async def metrics(request: web.Request) -> web.Response:
         depth = spool.depth
         ctx.metrics.spool_records.set(depth.records)
         ctx.metrics.spool_bytes.set(depth.bytes)
+    drain = ctx.store.drain_status()
+    if drain is not None:
+        ctx.metrics.spool_drain_stalled.set(1 if drain.state is DrainState.STALLED else 0)
+        ctx.metrics.spool_parked.set(drain.parked)
     return web.Response(body=ctx.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -209,19 +218,27 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web.Application:
     """Build the receiver. Tests pass their own `publisher`; otherwise it talks to AMQP_URL."""
     names = BusNames(settings.bus_prefix)
+    receiver_metrics = ReceiverMetrics()
+
+    def crashed(task: str) -> None:
+        receiver_metrics.restart(task).inc()
+
     if publisher is None:
-        publisher = AmqpPublisher(settings.amqp_url.value, names, timeout=settings.publish_timeout)
+        publisher = AmqpPublisher(
+            settings.amqp_url.value, names, timeout=settings.publish_timeout, on_crash=crashed
+        )
     authenticator = Authenticator(
         api_keys=[key.value for key in settings.api_keys],
         shared_secrets=[secret.value for secret in settings.shared_secrets],
     )
     app = web.Application(client_max_size=settings.max_body_bytes)
-    receiver_metrics = ReceiverMetrics()
     store = DurableStore(
         publisher,
         spool_dir=settings.spool_dir,
         spool_max_bytes=settings.spool_max_bytes,
         on_drained=receiver_metrics.spool_drained.inc,
+        on_drain_failure=lambda cause: receiver_metrics.drain_failure(cause).inc(),
+        on_crash=crashed,
     )
     damper = FailureDamper(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
     app[CONTEXT] = Context(

@@ -2,6 +2,7 @@
 
 RelayError
 ├── SettingsError        a setting is missing or invalid; start-up exits with code 2
+├── ListenFailed         the listening address cannot be had; start-up exits with code 1
 ├── Unauthorized         no configured credential matches; the answer is 401
 ├── InvalidEnvelope      authenticated, but cannot be routed; quarantined with a reason
 └── PublishFailed        the broker did not confirm; the answer is 503
@@ -24,6 +25,13 @@ class SettingsError(RelayError):
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
+
+
+class ListenFailed(RelayError):
+    """The receiver cannot listen on HOST:PORT."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
 class Unauthorized(RelayError):

@@ -90,6 +90,30 @@ class ReceiverMetrics:
             "Spooled deliveries republished and confirmed.",
             registry=self.registry,
         )
+        self.spool_drain_failures = Counter(
+            "relay_spool_drain_failures",
+            "Drain attempts that failed, by cause: disk, refused (nacked or returned), broker.",
+            ["cause"],
+            registry=self.registry,
+        )
+        self.spool_drain_stalled = Gauge(
+            "relay_spool_drain_stalled",
+            "1 while records wait, the broker is connected, and the drain moves none.",
+            registry=self.registry,
+        )
+        self.spool_parked = Gauge(
+            "relay_spool_parked_records",
+            "Records in SPOOL_DIR/parked: refused by the broker again and again.",
+            registry=self.registry,
+        )
+        self.restarts = Counter(
+            "relay_background_restarts",
+            "Background tasks that failed and were started again, by task.",
+            ["task"],
+            registry=self.registry,
+        )
+        self.drain_failure = children(self.spool_drain_failures)
+        self.restart = children(self.restarts)
 
     def delivery(self, outcome: str, routing_key: str | None) -> None:
         self._delivery(outcome, self.routing_key(routing_key)).inc()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Protocol
 
 import aio_pika
@@ -27,6 +28,7 @@ from service.errors import (
     PublishTimeout,
 )
 from service.settings import display_url
+from service.supervise import keep_running, stop
 from service.timing import backoff
 from service.topology import declare_receiver_topology
 
@@ -59,7 +61,14 @@ class Publisher(Protocol):
 class AmqpPublisher:
     """Publishes persistent, mandatory messages with confirms over one supervised connection."""
 
-    def __init__(self, url: str, names: BusNames, *, timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        names: BusNames,
+        *,
+        timeout: float,
+        on_crash: Callable[[str], object] = lambda task: None,
+    ) -> None:
         parsed = URL(url)
         if "heartbeat" not in parsed.query:
             parsed = parsed.update_query(heartbeat=DEFAULT_HEARTBEAT)
@@ -69,6 +78,7 @@ class AmqpPublisher:
         self._channel: AbstractChannel | None = None
         self._publishing: dict[str, asyncio.Future[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
+        self._on_crash = on_crash
 
     def __repr__(self) -> str:
         return f"AmqpPublisher(prefix={self._names.prefix!r}, ready={self.ready})"
@@ -79,14 +89,12 @@ class AmqpPublisher:
         return channel is not None and not channel.is_closed
 
     async def start(self) -> None:
-        self._supervisor = asyncio.create_task(self._supervise(), name="amqp-publisher")
+        self._supervisor = keep_running("amqp-publisher", self._supervise, on_crash=self._on_crash)
 
     async def close(self) -> None:
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._supervisor
-            self._supervisor = None
+        await stop(self._supervisor)
+        self._supervisor = None
+        self._channel = None
 
     async def publish(self, message: Outgoing) -> None:
         channel = self._channel

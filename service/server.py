@@ -5,8 +5,9 @@ while load balancers notice, refuse new deliveries and stop listening, let
 in-flight publishes reach their confirm (each is bounded by PUBLISH_TIMEOUT),
 then close the broker connection.
 
-The listening socket is the receiver's own, so it can cap concurrent connections
-and serve TLS; aiohttp handles each accepted connection.
+The listening sockets are the receiver's own (`listener`), so the connection cap
+counts every accepted socket, TLS handshakes included; aiohttp handles each
+connection once it is made.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-from collections.abc import Callable
 
 import structlog
 from aiohttp import web
 
 from service.app import CONTEXT, create_app
-from service.errors import SettingsError
+from service.errors import ListenFailed, SettingsError
+from service.limits import fit_connections
+from service.listener import Listener
 from service.publisher import Publisher
 from service.settings import Settings
 
@@ -42,22 +44,6 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-class _Refused(asyncio.Protocol):
-    """Closes a connection over MAX_CONNECTIONS as soon as it is made."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.close()
-
-
-def _capped(server: web.Server, limit: int) -> Callable[[], asyncio.BaseProtocol]:
-    def protocol() -> asyncio.BaseProtocol:
-        if len(server.connections) >= limit:
-            return _Refused()
-        return server()
-
-    return protocol
-
-
 async def serve(settings: Settings, *, publisher: Publisher | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return; `publisher` as in `create_app`."""
     context = tls_context(settings)
@@ -77,26 +63,30 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
         # Bodies stay as sent: the HMAC covers the raw bytes and the bus carries them.
         auto_decompress=False,
     )
+    fitted = fit_connections(settings.max_connections)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await runner.setup()
     lifecycle = app[CONTEXT].lifecycle
-    listener: asyncio.Server | None = None
+    assert runner.server is not None
+    listener = Listener(
+        runner.server,
+        limit=fitted.max_connections,
+        tls=context,
+        handshake_timeout=settings.keepalive_timeout,
+    )
     try:
-        assert runner.server is not None
-        listener = await loop.create_server(
-            _capped(runner.server, settings.max_connections),
-            settings.host,
-            settings.port,
-            ssl=context,
-            reuse_address=True,
-        )
+        try:
+            await listener.start(settings.host, settings.port)
+        except OSError as exc:
+            raise ListenFailed(settings.host, settings.port, exc.strerror or str(exc)) from None
         log.info(
             "receiver listening",
             addresses=[_address(sock.getsockname()) for sock in listener.sockets],
             tls=context is not None,
+            max_connections=fitted.max_connections,
             broker=settings.broker_display,
             prefix=settings.bus_prefix,
         )
@@ -106,8 +96,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
         await asyncio.sleep(settings.shutdown_grace)
     finally:
         lifecycle.intake_closed = True
-        if listener is not None:
-            listener.close()
+        await listener.close()
         await runner.cleanup()
     log.info("stopped")
 

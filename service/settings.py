@@ -15,6 +15,8 @@ from service.sources import Network, SourcePolicy, parse_networks
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
+# RabbitMQ 4's default max_message_size; a larger body could never be published.
+MAX_BODY_LIMIT = 16 * 1024 * 1024
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
@@ -61,7 +63,8 @@ class Settings:
     body_timeout: float = 10.0
     max_headers: int = 64
     max_header_bytes: int = 8190
-    max_connections: int = 1024
+    # None: 1024, or fewer where RLIMIT_NOFILE does not leave room (`service.limits`).
+    max_connections: int | None = None
     sources: SourcePolicy = field(default_factory=SourcePolicy)
     auth_failure_limit: int = 100
     auth_failure_window: float = 60.0
@@ -91,7 +94,9 @@ class Settings:
             shared_secrets=env.secrets("WEBHOOK_SHARED_SECRETS"),
             host=env.text("HOST", cls.host),
             port=env.integer("PORT", cls.port, low=0, high=65535),
-            max_body_bytes=env.integer("MAX_BODY_BYTES", cls.max_body_bytes, low=1),
+            max_body_bytes=env.integer(
+                "MAX_BODY_BYTES", cls.max_body_bytes, low=1, high=MAX_BODY_LIMIT
+            ),
             publish_timeout=env.seconds("PUBLISH_TIMEOUT", cls.publish_timeout),
             shutdown_grace=env.seconds("SHUTDOWN_GRACE", cls.shutdown_grace, allow_zero=True),
             spool_dir=env.path("SPOOL_DIR"),
@@ -102,7 +107,7 @@ class Settings:
             max_header_bytes=env.integer(
                 "MAX_HEADER_BYTES", cls.max_header_bytes, low=256, high=65536
             ),
-            max_connections=env.integer("MAX_CONNECTIONS", cls.max_connections, low=1),
+            max_connections=env.maybe_integer("MAX_CONNECTIONS", low=1),
             sources=SourcePolicy(
                 allowed=env.networks("ALLOWED_SOURCES"),
                 trusted_proxies=env.networks("TRUSTED_PROXIES"),
@@ -213,6 +218,9 @@ class EnvReader:
             bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
             raise SettingsError(name, f"must be an integer {bounds}, got {value}")
         return value
+
+    def maybe_integer(self, name: str, *, low: int) -> int | None:
+        return None if self._raw(name) is None else self.integer(name, low, low=low)
 
     def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         raw = self._raw(name)

@@ -6,20 +6,22 @@ Layout of SPOOL_DIR:
     00000000000000000007.seg   segments, oldest first; only the newest is written
     cursor                     how far the oldest segment has been drained
     corrupt/                   damaged stretches, moved aside for a human to read
+    parked/                    records the broker refused again and again (`spool_parked`)
 
 Appends from concurrent requests are written together and made durable with one
-fsync (group commit) before any of them is answered. A failed write is cut back
-off the file, so a segment never holds half a record that was answered 200.
+fsync (group commit) before any of them is answered. Each batch is written at the
+segment's committed length, so a failed write leaves nothing that a later one could
+be mistaken for; the drain (`spool_drain`) reads a segment only up to that length.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,18 +30,17 @@ import structlog
 
 from service.bus import Outgoing
 from service.errors import RelayError
-from service.spool_format import Damage, Record, encode, scan
-from service.timing import backoff
+from service.spool_format import Record, encode, scan
 
 log = structlog.get_logger("service.spool")
 
 SEGMENT_SUFFIX = ".seg"
 # A segment is read whole while draining, so it is kept small.
 SEGMENT_BYTES = 4 * 1024 * 1024
-DRAIN_BATCH = 256
-DRAIN_RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 # After a failed write the spool counts as unavailable for this long, then tries again.
 WRITE_RETRY_SECONDS = 5.0
+
+Ranges = tuple[tuple[int, int], ...]
 
 
 class SpoolError(RelayError):
@@ -66,26 +67,38 @@ class Depth:
     bytes: int
 
 
+def strerror(exc: OSError) -> str:
+    """The system's text for an OS error, never a path or other detail."""
+    return os.strerror(exc.errno or errno.EIO)
+
+
 class Spool:
-    """One receiver's spool directory. Use `Spool.open`, then `append`, `drain` and `close`."""
+    """One receiver's spool directory. Use `Spool.open`, then `append`, and `close`.
+
+    The drain reads the oldest segment (`read_oldest`), then reports its progress
+    (`advance`, `finish`); it never touches the files itself.
+    """
 
     def __init__(self, directory: Path, max_bytes: int, lock_fd: int) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self._lock_fd = lock_fd
         self._segments: list[int] = []
+        # Committed bytes of each segment written by this run; older ones are read whole.
+        self._lengths: dict[int, int] = {}
         self._cursor = 0  # offset drained in the oldest segment
+        self._done: Ranges = ()  # confirmed stretches of the oldest segment past the cursor
         self._records = 0
         self._bytes = 0
         self._reserved = 0
         self._active = 0
         self._active_fd = -1
-        self._committed = 0  # bytes of the active segment that are durable
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
         self._appended = asyncio.Event()
         self._failed_at: float | None = None
+        self._write_error: str | None = None
         # The largest record seen, as the room a next delivery is likely to need.
         self._largest = 1024
 
@@ -125,6 +138,22 @@ class Spool:
         room = self.max_bytes - self._bytes - self._reserved
         return not self._recently_failed() and room >= self._largest
 
+    @property
+    def has_work(self) -> bool:
+        """Records wait, or segments older than the active one may still hold damage."""
+        return self._records > 0 or len(self._segments) > 1
+
+    async def wait_for_records(self) -> None:
+        """Return once something may have been appended since the last call."""
+        self._appended.clear()
+        if not self.has_work:
+            await self._appended.wait()
+
+    @property
+    def write_error(self) -> str | None:
+        """Why the last write failed, while the spool counts as unavailable for it."""
+        return self._write_error if self._recently_failed() else None
+
     def _recently_failed(self) -> bool:
         failed_at = self._failed_at
         return failed_at is not None and time.monotonic() - failed_at < WRITE_RETRY_SECONDS
@@ -138,15 +167,17 @@ class Spool:
             for path in self.directory.glob(f"*{SEGMENT_SUFFIX}")
             if path.stem.isdigit()
         )
-        self._cursor = self._read_cursor()
+        saved_segment = self._read_cursor()
         for index, segment in enumerate(self._segments):
             data = self._path(segment).read_bytes()
             start = self._cursor if index == 0 else 0
+            done = self._done if index == 0 else ()
             for item in scan(data, start):
-                if isinstance(item, Record):
+                if isinstance(item, Record) and not within(done, item.start):
                     self._records += 1
                     self._bytes += item.end - item.start
-        self._open_active(max(self._segments, default=0) + 1)
+        # Never reuse the number a stale cursor names: it would apply to the wrong file.
+        self._open_active(max([*self._segments, saved_segment], default=0) + 1)
         if self._records:
             log.info(
                 "spool holds deliveries from an earlier run",
@@ -155,29 +186,38 @@ class Spool:
             )
 
     def _read_cursor(self) -> int:
+        """Restore the cursor if it names the oldest segment; return the segment it names."""
         try:
             saved = orjson.loads((self.directory / "cursor").read_bytes())
-        except (OSError, orjson.JSONDecodeError):
+            segment = int(saved.get("segment", 0))
+            offset = int(saved.get("offset", 0))
+            done = tuple((int(a), int(b)) for a, b in saved.get("done", ()))
+        except (OSError, orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             return 0
-        if self._segments and saved.get("segment") == self._segments[0]:
-            return int(saved.get("offset", 0))
-        return 0
+        if self._segments and segment == self._segments[0]:
+            self._cursor, self._done = offset, done
+        return segment
 
-    def _save_cursor(self) -> None:
+    def _write_cursor(self, segment: int, offset: int, done: Ranges) -> None:
         temporary = self.directory / "cursor.tmp"
-        segment = self._segments[0] if self._segments else 0
+        state = {"segment": segment, "offset": offset, "done": [list(r) for r in done]}
         with temporary.open("wb") as file:
-            file.write(orjson.dumps({"segment": segment, "offset": self._cursor}))
+            file.write(orjson.dumps(state))
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.directory / "cursor")
 
     def _open_active(self, segment: int) -> None:
-        fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._sync_directory()
+        fd = os.open(self._path(segment), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            self._sync_directory()
+        except OSError:
+            os.close(fd)
+            raise
         if self._active_fd >= 0:
             os.close(self._active_fd)
-        self._active, self._active_fd, self._committed = segment, fd, 0
+        self._active, self._active_fd = segment, fd
+        self._lengths[segment] = 0
         self._segments.append(segment)
 
     def _sync_directory(self) -> None:
@@ -186,6 +226,8 @@ class Spool:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    # Writing.
 
     async def append(self, message: Outgoing) -> None:
         """Return once `message` is durably on disk; raise `SpoolError` if it cannot be."""
@@ -197,159 +239,162 @@ class Spool:
         self._pending.append((record, done))
         self._reserved += len(record)
         if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush())
+            self._flusher = asyncio.create_task(self._flush(), name="spool-flusher")
         await asyncio.shield(done)
 
     async def _flush(self) -> None:
-        async with self._write_lock:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                data = b"".join(record for record, _ in batch)
-                self._reserved -= len(data)
-                try:
-                    await asyncio.to_thread(self._write, data)
-                except OSError as exc:
-                    self._failed_at = time.monotonic()
-                    log.error("spool write failed", error=os.strerror(exc.errno or errno.EIO))
-                    for _, done in batch:
-                        done.set_exception(SpoolWriteFailed(str(exc.strerror)))
-                    continue
-                was_empty = self._records == 0
-                self._failed_at = None
-                self._committed += len(data)
-                self._records += len(batch)
-                self._bytes += len(data)
-                for _, done in batch:
-                    done.set_result(None)
-                if was_empty:
-                    log.warning("spooling started: the broker cannot confirm deliveries")
-                self._appended.set()
-                if self._committed >= SEGMENT_BYTES:
-                    await asyncio.to_thread(self._open_active, self._active + 1)
+        batch: list[tuple[bytes, asyncio.Future[None]]] = []
+        try:
+            async with self._write_lock:
+                while self._pending:
+                    batch, self._pending = self._pending, []
+                    data = b"".join(record for record, _ in batch)
+                    self._reserved -= len(data)
+                    await self._write_batch(data, batch)
+                    batch = []
+        finally:
+            # Whatever stopped this task, no append may wait for it forever.
+            for _, waiting in [*batch, *self._pending]:
+                if not waiting.done():
+                    waiting.set_exception(SpoolWriteFailed("the spool writer stopped"))
+            if self._pending:
+                self._reserved -= sum(len(record) for record, _ in self._pending)
+                self._pending = []
+
+    async def _write_batch(
+        self, data: bytes, batch: list[tuple[bytes, asyncio.Future[None]]]
+    ) -> None:
+        try:
+            await asyncio.to_thread(self._write, data)
+        except OSError as exc:
+            self._failed(exc)
+            for _, waiting in batch:
+                waiting.set_exception(SpoolWriteFailed(strerror(exc)))
+            return
+        was_empty = self._records == 0
+        if self._write_error is not None:
+            log.info("spool writes work again")
+        self._failed_at = self._write_error = None
+        self._lengths[self._active] += len(data)
+        self._records += len(batch)
+        self._bytes += len(data)
+        for _, waiting in batch:
+            waiting.set_result(None)
+        if was_empty:
+            log.warning("spooling started: the broker cannot confirm deliveries")
+        self._appended.set()
+        if self._lengths[self._active] >= SEGMENT_BYTES:
+            try:
+                await asyncio.to_thread(self._open_active, self._active + 1)
+            except OSError as exc:
+                # Writes go on in the current segment; the next batch tries again.
+                log.error("spool segment not started", error=strerror(exc))
+
+    def _failed(self, exc: OSError) -> None:
+        # One line per streak of failures; each delivery's own line says 503.
+        if self._write_error is None:
+            log.error("spool write failed", error=strerror(exc))
+        self._failed_at = time.monotonic()
+        self._write_error = strerror(exc)
 
     def _write(self, data: bytes) -> None:
-        """Write and fsync `data`; on failure cut the segment back to where it was."""
-        start = self._committed
+        """Write and fsync `data` at the committed end of the active segment."""
+        start = self._lengths[self._active]
         try:
             view = memoryview(data)
+            offset = start
             while view:
-                written = os.write(self._active_fd, view)
-                view = view[written:]
+                written = os.pwrite(self._active_fd, view, offset)
+                view, offset = view[written:], offset + written
             os.fdatasync(self._active_fd)
         except OSError:
-            try:
+            # Tidiness only: the next batch is written at `start` again, over what is left.
+            with contextlib.suppress(OSError):
                 os.ftruncate(self._active_fd, start)
-            except OSError:
-                # The tail cannot be cut: write on in a new segment instead.
-                self._open_active(self._active + 1)
             raise
 
-    async def drain(
-        self,
-        publish: Callable[[Outgoing], Awaitable[None]],
-        ready: Callable[[], bool],
-        on_drained: Callable[[int], object] = lambda count: None,
-    ) -> None:
-        """Republish spooled deliveries, oldest first, for as long as the task runs.
+    # What the drain uses.
 
-        `on_drained` hears how many records each confirmed batch removed.
-        """
-        failures = 0
-        while True:
-            if self._records == 0 and not self._has_damage_left():
-                self._appended.clear()
-                await self._appended.wait()
-                continue
-            if not ready():
-                await asyncio.sleep(0.2)
-                continue
-            if await self._drain_batch(publish, on_drained):
-                failures = 0
-            else:
-                await asyncio.sleep(backoff(DRAIN_RETRY_DELAYS, failures))
-                failures += 1
+    @property
+    def cursor(self) -> tuple[int, Ranges]:
+        """The drained offset in the oldest segment, and confirmed stretches past it."""
+        return self._cursor, self._done
 
-    def _has_damage_left(self) -> bool:
-        # Segments older than the active one may still hold damage to move aside.
-        return len(self._segments) > 1
-
-    async def _drain_batch(
-        self,
-        publish: Callable[[Outgoing], Awaitable[None]],
-        on_drained: Callable[[int], object] = lambda count: None,
-    ) -> bool:
-        """Publish the next batch; advance past the confirmed prefix. False if nothing moved."""
+    async def read_oldest(self) -> tuple[int, bytes]:
+        """The oldest segment's number and its bytes, only as far as they are committed."""
         segment = self._segments[0]
-        limit = self._committed if segment == self._active else None
+        length = self._lengths.get(segment)
         data = await asyncio.to_thread(self._path(segment).read_bytes)
-        if limit is not None:
-            data = data[:limit]
-        items = []
-        for item in scan(data, self._cursor):
-            items.append(item)
-            if len(items) >= DRAIN_BATCH:
-                break
-        if not items:
-            return await self._finish_segment(segment)
-        records = [item for item in items if isinstance(item, Record)]
-        results = await asyncio.gather(
-            *(publish(record.message) for record in records), return_exceptions=True
-        )
-        outcome = dict(zip((id(r) for r in records), results, strict=True))
-        moved = False
-        drained = 0
-        for item in items:
-            if isinstance(item, Damage):
-                await asyncio.to_thread(
-                    self._move_aside, segment, data[item.start : item.end], item.start
-                )
-            elif outcome[id(item)] is not None:
-                break
-            else:
-                self._records -= 1
-                self._bytes -= item.end - item.start
-                drained += 1
-            self._cursor = item.end
-            moved = True
-        if moved:
-            await asyncio.to_thread(self._save_cursor)
-            if drained:
-                on_drained(drained)
-            if self._records == 0:
-                log.info("spool drained")
-        return moved
+        return segment, data if length is None else data[:length]
 
-    async def _finish_segment(self, segment: int) -> bool:
-        """Remove a segment that is drained to its end; roll the active one over first."""
+    def forget(self, records: int, size: int) -> None:
+        """`records` of `size` bytes left the spool (confirmed, parked)."""
+        self._records -= records
+        self._bytes -= size
+
+    async def advance(self, segment: int, cursor: int, done: Ranges) -> str | None:
+        """Move the cursor of the oldest segment; return why it could not be saved, if not."""
+        if segment != self._segments[0]:
+            return None
+        self._cursor, self._done = cursor, done
+        try:
+            await asyncio.to_thread(self._write_cursor, segment, cursor, done)
+        except OSError as exc:
+            # Progress stands in memory; a crash before the next save only republishes.
+            return strerror(exc)
+        return None
+
+    async def finish(self, segment: int) -> bool:
+        """Remove the oldest segment if it is drained to its end; True if it was removed.
+
+        The active segment is rolled over first, unless a write is on its way or was
+        committed after the drain read it.
+        """
         async with self._write_lock:
-            if self._pending:
-                return True
             if segment == self._active:
-                if self._committed == 0:
-                    return True
-                self._open_active(self._active + 1)
-            self._segments.remove(segment)
-            self._cursor = 0
+                length = self._lengths[segment]
+                if self._pending or length == 0 or self._cursor < length:
+                    return False
+                await asyncio.to_thread(self._open_active, self._active + 1)
             await asyncio.to_thread(self._remove, segment)
+            self._segments.remove(segment)
+            self._lengths.pop(segment, None)
+            self._cursor, self._done = 0, ()
+        # The cursor file may now name a removed segment, which means "start the next at 0".
+        # Saving it is tidiness, so a full disk does not keep the segment here.
+        next_segment = self._segments[0]
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_cursor, next_segment, 0, ())
         return True
 
     def _remove(self, segment: int) -> None:
-        self._save_cursor()
         self._path(segment).unlink(missing_ok=True)
         self._sync_directory()
 
-    def _move_aside(self, segment: int, data: bytes, offset: int) -> None:
+    def move_aside(self, segment: int, data: bytes, offset: int) -> Path:
+        """Copy damaged bytes to `corrupt/`, durably, for a human to read."""
         corrupt = self.directory / "corrupt"
         corrupt.mkdir(exist_ok=True)
         target = corrupt / f"{segment:020d}-{offset}.bin"
-        target.write_bytes(data)
-        log.error("corrupt spool record moved aside", file=str(target), bytes=len(data))
+        with target.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        return target
 
     async def close(self) -> None:
         """Finish pending writes and release the directory; records stay for the next start."""
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
-        if self._active_fd >= 0:
-            os.close(self._active_fd)
-            self._active_fd = -1
-        os.close(self._lock_fd)
+        for fd in (self._active_fd, self._lock_fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError as exc:
+                    log.warning("spool file not closed cleanly", error=strerror(exc))
+        self._active_fd = self._lock_fd = -1
+
+
+def within(ranges: Ranges, offset: int) -> bool:
+    """Whether `offset` falls in one of `ranges`."""
+    return any(start <= offset < end for start, end in ranges)

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+
+import structlog
 
 from service.bus import Outgoing
 from service.errors import PublishFailed
 from service.publisher import Publisher
 from service.spool import Spool
+from service.spool_drain import Drainer, DrainStatus
+from service.supervise import keep_running, stop
 
 Where = Literal["broker", "spool"]
+
+log = structlog.get_logger("service.store")
 
 
 class DurableStore:
@@ -21,8 +26,8 @@ class DurableStore:
 
     Without a spool directory, only a broker confirm counts and anything else is a
     `PublishFailed`. With one, a delivery the broker does not confirm in time is
-    appended to the spool, and a background task republishes the spool once the
-    broker is back.
+    appended to the spool, and a supervised background task republishes the spool
+    once the broker is back.
     """
 
     def __init__(
@@ -32,13 +37,18 @@ class DurableStore:
         spool_dir: Path | None = None,
         spool_max_bytes: int = 0,
         on_drained: Callable[[int], object] = lambda count: None,
+        on_drain_failure: Callable[[str], object] = lambda cause: None,
+        on_crash: Callable[[str], object] = lambda task: None,
     ) -> None:
         self.publisher = publisher
         self._on_drained = on_drained
+        self._on_drain_failure = on_drain_failure
+        self._on_crash = on_crash
         self.spool: Spool | None = None
+        self.drainer: Drainer | None = None
         self._spool_dir = spool_dir
         self._spool_max_bytes = spool_max_bytes
-        self._drainer: asyncio.Task[None] | None = None
+        self._drain_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the spool (raises `SpoolUnusable` if it cannot be had), then connect."""
@@ -46,22 +56,32 @@ class DurableStore:
             self.spool = Spool.open(self._spool_dir, max_bytes=self._spool_max_bytes)
         await self.publisher.start()
         if self.spool is not None:
-            self._drainer = asyncio.create_task(
-                self.spool.drain(
-                    self.publisher.publish, lambda: self.publisher.ready, self._on_drained
-                ),
-                name="spool-drainer",
+            self.drainer = Drainer(
+                self.spool,
+                self.publisher.publish,
+                lambda: self.publisher.ready,
+                on_drained=self._on_drained,
+                on_failure=self._on_drain_failure,
+            )
+            self._drain_task = keep_running(
+                "spool-drainer", self.drainer.run, on_crash=self._on_crash
             )
 
     async def close(self) -> None:
-        """Stop draining and close; spooled records stay on disk for the next start."""
-        if self._drainer is not None:
-            self._drainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drainer
+        """Stop draining and close; spooled records stay on disk for the next start.
+
+        Every step runs, whatever an earlier one raised; nothing is raised from here.
+        """
+        await stop(self._drain_task)
         if self.spool is not None:
-            await self.spool.close()
-        await self.publisher.close()
+            try:
+                await self.spool.close()
+            except Exception:
+                log.exception("closing the spool failed")
+        try:
+            await self.publisher.close()
+        except Exception:
+            log.exception("closing the broker connection failed")
 
     @property
     def ready(self) -> bool:
@@ -79,6 +99,9 @@ class DurableStore:
             return "spool"
         return "broker"
 
+    def drain_status(self) -> DrainStatus | None:
+        return self.drainer.status() if self.drainer is not None else None
+
     def status(self) -> dict[str, Any]:
         """The readiness details for `/readyz`."""
         spool = None
@@ -88,5 +111,9 @@ class DurableStore:
                 "records": depth.records,
                 "bytes": depth.bytes,
                 "accepting": self.spool.accepting,
+                "write_error": self.spool.write_error,
             }
+            drain = self.drain_status()
+            if drain is not None:
+                spool.update(drain=str(drain.state), drain_error=drain.error, parked=drain.parked)
         return {"broker": "connected" if self.publisher.ready else "disconnected", "spool": spool}

@@ -188,7 +188,12 @@ async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnRec
     """Start `python -m service` on the test's prefix; kill what is left at the end."""
     processes: list[asyncio.subprocess.Process] = []
 
-    async def spawn(tls: ssl.SSLContext | None = None, **overrides: str) -> Receiver:
+    async def spawn(
+        tls: ssl.SSLContext | None = None,
+        wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+        **overrides: str,
+    ) -> Receiver:
+        """`wrap` may put the command inside another (a resource limit, a small filesystem)."""
         port = free_port()
         log = tmp_path / f"receiver-{port}.log"
         settings = {
@@ -204,12 +209,14 @@ async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnRec
         env = base_env(**{**settings, **overrides})
         with log.open("w") as stderr:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "service", env=env, stderr=stderr
+                *wrap([sys.executable, "-m", "service"]), env=env, stderr=stderr
             )
         processes.append(process)
         running = Receiver(process, port, log, "https" if tls else "http")
         async with asyncio.timeout(15):
             while await readyz(running.url, tls) != 200:
+                if process.returncode is not None:
+                    pytest.fail(f"the receiver exited with {process.returncode}: {log.read_text()}")
                 await asyncio.sleep(0.05)
         return running
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -51,8 +52,41 @@ class Receiver:
         self.url = f"{scheme}://127.0.0.1:{port}"
         self.log = log
 
+    async def stop(self, signum: int = signal.SIGTERM) -> int:
+        """Signal the process and return its exit code."""
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        return await asyncio.wait_for(self.process.wait(), 60)
+
     def log_lines(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The log lines whose event is `name`."""
+        return [line for line in self.log_lines() if line.get("event") == name]
+
+    async def status(self) -> dict[str, Any]:
+        """The `/readyz` body, with its HTTP status as `http`."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.url}/readyz") as response,
+        ):
+            payload: dict[str, Any] = await response.json()
+            payload["http"] = response.status
+            return payload
+
+    async def metric(self, name: str) -> float:
+        """The sum of every sample of metric `name` (its labels filled in, if any)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.url}/metrics") as response,
+        ):
+            text = await response.text()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and line[len(name)] in " {":
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
 
 async def readyz(url: str, tls: ssl.SSLContext | None = None) -> int | None:

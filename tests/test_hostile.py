@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import ssl
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,11 +12,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from service.app import WEBHOOK_PATH, create_app
-from service.errors import SettingsError
-from service.server import tls_context
 from service.sources import SourcePolicy, parse_networks
 from tests.fakes import MemoryPublisher
-from tests.receivers import Receiver, SpawnReceiver
+from tests.receivers import SpawnReceiver
 from tests.support import API_KEYS, fixture_bodies, receiver_settings
 
 Client = TestClient[Any, Any]
@@ -172,76 +166,36 @@ async def _closed(reader: asyncio.StreamReader) -> bool:
     return data == b""
 
 
-async def test_connections_over_the_cap_are_closed(spawn_receiver: SpawnReceiver) -> None:
-    receiver = await spawn_receiver(MAX_CONNECTIONS="4")
+@pytest.mark.parametrize(
+    "request_start",
+    [
+        b"Content-Length: 1000\r\n\r\n12345",  # fewer bytes than declared
+        b"Transfer-Encoding: chunked\r\n\r\n10\r\n12345",  # a chunk cut short
+    ],
+    ids=["content_length", "chunked"],
+)
+async def test_a_client_that_hangs_up_mid_body_gets_one_quiet_line(
+    spawn_receiver: SpawnReceiver, request_start: bytes
+) -> None:
+    receiver = await spawn_receiver()
     host, port = receiver.url.removeprefix("http://").split(":")
-    idle = [await asyncio.open_connection(host, int(port)) for _ in range(4)]
+    _, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST {WEBHOOK_PATH} HTTP/1.1\r\nHost: x\r\nX-api-key: {API_KEYS[0]}\r\n".encode()
+        + request_start
+    )
+    await writer.drain()
     await asyncio.sleep(0.2)
-    reader, writer = await asyncio.open_connection(host, int(port))
-    assert await asyncio.wait_for(reader.read(1), 5) == b""  # closed at once
     writer.close()
-    for _, idle_writer in idle:
-        idle_writer.close()
-    await asyncio.sleep(0.2)
-    assert (await _status_of(host, int(port))).startswith(b"HTTP/1.1 200")
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
-async def test_tls(spawn_receiver: SpawnReceiver, certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
-    trust = ssl.create_default_context(cafile=str(cert))
-    receiver: Receiver = await spawn_receiver(
-        tls=trust, TLS_CERT_FILE=str(cert), TLS_KEY_FILE=str(key)
-    )
-    https = receiver.url
-    plain = https.replace("https://", "http://")
-    async with aiohttp.ClientSession() as session:
-        async with session.post(
-            f"{https}{WEBHOOK_PATH}", data=BODY, headers=GOOD, ssl=trust
-        ) as response:
-            assert response.status == 200
-            assert json.loads(await response.read())["status"] == "accepted"
-        with pytest.raises(aiohttp.ClientError):
-            async with session.get(f"{plain}/healthz"):
-                pass
-
-
-def test_tls_is_1_2_or_newer(certificate: tuple[Path, Path]) -> None:
-    cert, key = certificate
-    context = tls_context(receiver_settings("unit", tls_cert_file=cert, tls_key_file=key))
-    assert context is not None
-    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
-
-
-def test_an_unloadable_certificate_names_the_variable(tmp_path: Path) -> None:
-    junk = tmp_path / "junk.pem"
-    junk.write_text("not a certificate")
-    with pytest.raises(SettingsError, match="TLS_CERT_FILE"):
-        tls_context(receiver_settings("unit", tls_cert_file=junk, tls_key_file=junk))
+    async with asyncio.timeout(5):
+        while not receiver.events("delivery"):
+            await asyncio.sleep(0.05)
+    await asyncio.sleep(0.3)  # anything logged after the line
+    [line] = receiver.events("delivery")
+    assert (line["outcome"], line["level"]) == ("client_gone", "info")
+    assert not [entry for entry in receiver.log_lines() if entry["level"] in ("error", "critical")]
+    assert "Traceback" not in receiver.log.read_text()
+    async with aiohttp.ClientSession() as session, session.get(f"{receiver.url}/metrics") as answer:
+        assert 'relay_deliveries_total{outcome="client_gone",routing_key="none"} 1.0' in (
+            await answer.text()
+        )

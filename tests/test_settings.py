@@ -56,6 +56,7 @@ def test_every_variable_is_read() -> None:
         ({**BASE, "PORT": "eighty"}, "PORT"),
         ({**BASE, "PORT": "70000"}, "PORT"),
         ({**BASE, "MAX_BODY_BYTES": "0"}, "MAX_BODY_BYTES"),
+        ({**BASE, "MAX_BODY_BYTES": str(16 * 1024 * 1024 + 1)}, "MAX_BODY_BYTES"),
         ({**BASE, "PUBLISH_TIMEOUT": "soon"}, "PUBLISH_TIMEOUT"),
         ({**BASE, "PUBLISH_TIMEOUT": "0"}, "PUBLISH_TIMEOUT"),
         ({**BASE, "PUBLISH_TIMEOUT": "nan"}, "PUBLISH_TIMEOUT"),

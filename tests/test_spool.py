@@ -16,6 +16,7 @@ from service.bus import BusNames, Outgoing, Receipt, event_message
 from service.envelope import parse
 from service.errors import BrokerUnavailable
 from service.spool import SEGMENT_SUFFIX, Spool, SpoolFull, SpoolUnusable
+from service.spool_drain import Drainer
 from service.spool_format import Damage, Record, decode, encode, scan
 
 NAMES = BusNames("spooltest")
@@ -53,7 +54,7 @@ class Collector:
 
 
 async def drain_until(spool: Spool, collector: Collector, count: int) -> None:
-    task = asyncio.create_task(spool.drain(collector, lambda: True))
+    task = asyncio.create_task(Drainer(spool, collector, lambda: True).run())
     try:
         async with asyncio.timeout(10):
             while len(collector.published) < count or spool.depth.records:
@@ -142,7 +143,7 @@ async def test_records_leave_only_after_their_confirm(tmp_path: Path) -> None:
         await spool.append(message(n))
     collector = Collector()
     collector.failing = True
-    task = asyncio.create_task(spool.drain(collector, lambda: True))
+    task = asyncio.create_task(Drainer(spool, collector, lambda: True).run())
     await asyncio.sleep(0.3)
     assert spool.depth.records == 5
     collector.failing = False

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,22 +70,37 @@ class Harness:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.count_file = workdir / "counted.txt"
+        self.spool_dir = workdir / "spool"
         self._children: list[Process] = []
 
-    async def _spawn(self, args: list[str], env: dict[str, str], name: str) -> Process:
+    async def _spawn(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        name: str,
+        wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
+    ) -> Process:
         log = self.workdir / f"{name}-{len(self._children)}.log"
         with log.open("w") as stderr:
             child = await asyncio.create_subprocess_exec(
-                sys.executable, *args, env=env, stderr=stderr, stdout=stderr
+                *wrap([sys.executable, *args]), env=env, stderr=stderr, stdout=stderr
             )
         process = Process(child, log)
         self._children.append(process)
         return process
 
     async def receiver(
-        self, *, amqp_url: str | None = None, spool: bool = True, wait_ready: bool = True
+        self,
+        *,
+        amqp_url: str | None = None,
+        spool: bool = True,
+        wait_ready: bool = True,
+        wrap: Callable[[list[str]], list[str]] = lambda argv: argv,
     ) -> Process:
-        """Start `python -m service`; wait until it is ready (or only alive, with `wait_ready`)."""
+        """Start `python -m service`; wait until it is ready (or only alive, with `wait_ready`).
+
+        `wrap` may put the command inside another, such as a small filesystem.
+        """
         env = _env(
             AMQP_URL=amqp_url or self.amqp_url,
             BUS_PREFIX=self.prefix,
@@ -94,8 +110,8 @@ class Harness:
             **{API_KEY_ENV: self.api_key},
         )
         if spool:
-            env["SPOOL_DIR"] = str(self.workdir / "spool")
-        process = await self._spawn(["-m", "service"], env, "receiver")
+            env["SPOOL_DIR"] = str(self.spool_dir)
+        process = await self._spawn(["-m", "service"], env, "receiver", wrap)
         await _answering(f"{self.url}/readyz" if wait_ready else f"{self.url}/healthz")
         return process
 

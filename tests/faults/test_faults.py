@@ -12,11 +12,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+import aiohttp
 import pytest
 
 from service.app import WEBHOOK_PATH
 from tests.faults.harness import Harness, OwnedBroker
 from tests.faults.load import Load, deliveries, run_load
+from tests.small_fs import SmallFilesystem, in_small_filesystem
 from tests.support import AMQP_URL
 from tests.tcp_proxy import TcpProxy, proxy_to
 
@@ -25,6 +27,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
 TOTAL = 2000
 CONNECTIONS = 50
 OUTAGE_SECONDS = 10
+# Small, so that filling it is quick; the scenario fills it on purpose mid-outage.
+SPOOL_DISK = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,40 @@ async def test_receiver_stopped_while_spooling(
         proxy.refuse(False)
         report = await finish(scenario, harness, load, task, started)
     assert report.ok == TOTAL
+
+
+async def test_disk_fills_while_spooling_then_frees(harness: Harness) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        await harness.worker()
+        receiver = await harness.receiver(
+            amqp_url=through,
+            wrap=lambda argv: in_small_filesystem(argv, harness.spool_dir, size=SPOOL_DISK),
+        )
+        disk = SmallFilesystem(receiver.process.pid, harness.spool_dir)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        await cut(proxy)
+        await load.until(TOTAL // 3)
+        disk.fill()  # the spool cannot take more: 503s, which Avionté retries
+        await asyncio.sleep(2)
+        proxy.refuse(False)  # the drain runs on a full disk: no cursor can be saved
+        await asyncio.sleep(3)
+        disk.free()
+        report = await finish("disk full while spooling", harness, load, task, started)
+        async with asyncio.timeout(30):
+            while await spooled(harness):
+                await asyncio.sleep(0.2)
+    print(f"FAULTS   answers on the way: {dict(load.answers)}", flush=True)
+    assert load.answers[503] > 0  # the full disk was felt
+    assert report.unavailable == 0  # and every 503 was retried into a 200
+
+
+async def spooled(harness: Harness) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{harness.url}/readyz") as response,
+    ):
+        return int((await response.json())["spool"]["records"])
 
 
 async def test_worker_killed(harness: Harness) -> None:
