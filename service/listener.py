@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import socket
 import ssl
 from collections.abc import Callable
 
 import structlog
+
+from service.supervise import keep_running
 
 log = structlog.get_logger("service.listener")
 
@@ -100,7 +103,7 @@ class Listener:
             self._close_sockets()
             raise
         self._accepting = [
-            asyncio.create_task(self._accept(sock), name="listener") for sock in self.sockets
+            keep_running("listener", functools.partial(self._accept, sock)) for sock in self.sockets
         ]
 
     async def close(self) -> None:
@@ -133,6 +136,8 @@ class Listener:
             starved = False
             if self.open >= self.limit:
                 conn.close()
+                # asyncio's sock_accept returns at once while the backlog is full: let others run.
+                await asyncio.sleep(0)
                 continue
             task = asyncio.create_task(self._admit(conn, _Admission(self)))
             self._admitting.add(task)
@@ -153,3 +158,5 @@ class Listener:
             conn.close()
             if not isinstance(exc, Exception):
                 raise
+            if not isinstance(exc, OSError | TimeoutError):
+                log.error("connection not admitted", exc_info=exc)

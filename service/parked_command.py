@@ -35,7 +35,11 @@ def run(environ: Mapping[str, str], *, replay: bool, limit: int | None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     parked = ParkedRecords(spool_dir)
-    records = list(parked.read())
+    try:
+        records = list(parked.read())
+    except OSError as exc:
+        print(f"error: SPOOL_DIR: cannot read {parked.directory}: {exc.strerror}", file=sys.stderr)
+        return 2
     print(f"{len(records)} parked record{'' if len(records) == 1 else 's'} in {parked.directory}")
     for record in records:
         info = record.summary()
@@ -49,8 +53,9 @@ def run(environ: Mapping[str, str], *, replay: bool, limit: int | None) -> int:
     chosen = records if limit is None else records[:limit]
     try:
         replayed, failed = asyncio.run(_replay(url, parked, chosen))
-    except (OSError, aiormq.exceptions.AMQPError) as exc:
-        print(f"error: cannot reach {display_url(URL(url))}: {type(exc).__name__}", file=sys.stderr)
+    except (OSError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
+        # RuntimeError covers aiormq's ChannelInvalidStateError on a channel that closed.
+        print(f"error: broker {display_url(URL(url))}: {type(exc).__name__}", file=sys.stderr)
         return 1
     print(f"replayed {replayed}, {failed} not replayed (left in place)")
     return 0 if failed == 0 else 1

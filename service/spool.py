@@ -101,6 +101,8 @@ class Spool:
         self._write_error: str | None = None
         # The largest record seen, as the room a next delivery is likely to need.
         self._largest = 1024
+        # A failed write may have left bytes past the committed end that could not be cut.
+        self._dirty_tail = False
 
     @classmethod
     def open(cls, directory: Path, *, max_bytes: int) -> Spool:
@@ -252,6 +254,9 @@ class Spool:
                     self._reserved -= len(data)
                     await self._write_batch(data, batch)
                     batch = []
+        except Exception:
+            log.exception("spool writer failed")
+            raise
         finally:
             # Whatever stopped this task, no append may wait for it forever.
             for _, waiting in [*batch, *self._pending]:
@@ -306,12 +311,18 @@ class Spool:
             while view:
                 written = os.pwrite(self._active_fd, view, offset)
                 view, offset = view[written:], offset + written
+            if self._dirty_tail:
+                os.ftruncate(self._active_fd, offset)
             os.fdatasync(self._active_fd)
         except OSError:
-            # Tidiness only: the next batch is written at `start` again, over what is left.
-            with contextlib.suppress(OSError):
+            # The next batch is written at `start` again, over what is left; the cut only
+            # keeps a later run (which reads the file whole) from finding leftovers.
+            try:
                 os.ftruncate(self._active_fd, start)
+            except OSError:
+                self._dirty_tail = True
             raise
+        self._dirty_tail = False
 
     # What the drain uses.
 
@@ -324,7 +335,10 @@ class Spool:
         """The oldest segment's number and its bytes, only as far as they are committed."""
         segment = self._segments[0]
         length = self._lengths.get(segment)
-        data = await asyncio.to_thread(self._path(segment).read_bytes)
+        try:
+            data = await asyncio.to_thread(self._path(segment).read_bytes)
+        except FileNotFoundError:
+            data = b""  # removed by hand: nothing to drain, and `finish` forgets it
         return segment, data if length is None else data[:length]
 
     def forget(self, records: int, size: int) -> None:
@@ -347,29 +361,30 @@ class Spool:
     async def finish(self, segment: int) -> bool:
         """Remove the oldest segment if it is drained to its end; True if it was removed.
 
-        The active segment is rolled over first, unless a write is on its way or was
-        committed after the drain read it.
+        Not while records committed after the drain read it wait there (the segment may
+        have been rolled over meanwhile); the active segment is rolled over first.
         """
         async with self._write_lock:
+            length = self._lengths.get(segment)
+            if length is not None and self._cursor < length:
+                return False
             if segment == self._active:
-                length = self._lengths[segment]
-                if self._pending or length == 0 or self._cursor < length:
+                if self._pending or length == 0:
                     return False
                 await asyncio.to_thread(self._open_active, self._active + 1)
-            await asyncio.to_thread(self._remove, segment)
+            await asyncio.to_thread(self._path(segment).unlink, missing_ok=True)
             self._segments.remove(segment)
             self._lengths.pop(segment, None)
             self._cursor, self._done = 0, ()
+        # A removal the directory forgets in a crash only means draining that segment again.
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._sync_directory)
         # The cursor file may now name a removed segment, which means "start the next at 0".
         # Saving it is tidiness, so a full disk does not keep the segment here.
         next_segment = self._segments[0]
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._write_cursor, next_segment, 0, ())
         return True
-
-    def _remove(self, segment: int) -> None:
-        self._path(segment).unlink(missing_ok=True)
-        self._sync_directory()
 
     def move_aside(self, segment: int, data: bytes, offset: int) -> Path:
         """Copy damaged bytes to `corrupt/`, durably, for a human to read."""

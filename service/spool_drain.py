@@ -11,6 +11,7 @@ drain.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -55,14 +56,33 @@ class _Walk:
 
     finished: list[tuple[int, int]]
     drained: int = 0
-    drained_bytes: int = 0
+    gone: int = 0  # records that left the spool: drained or parked
+    gone_bytes: int = 0
     progressed: bool = False
     error: str | None = None
     cause: str | None = None
 
-    def fail(self, cause: str, error: str) -> None:
+    def fail(self, cause: str | None, error: str) -> None:
+        """Note a failure; `cause` None for one already counted (a record still waiting)."""
         if self.error is None:
-            self.cause, self.error = cause, error
+            self.error = error
+        if self.cause is None:
+            self.cause = cause
+
+    def finish(self, record: Record) -> None:
+        self.finished.append((record.start, record.end))
+        self.gone += 1
+        self.gone_bytes += record.end - record.start
+        self.progressed = True
+
+
+@dataclass(slots=True)
+class _Refusal:
+    """How often the broker refused one record, and when it may be tried again."""
+
+    count: int
+    retry_at: float
+    error: str
 
 
 class Drainer:
@@ -85,13 +105,13 @@ class Drainer:
         self._on_drained = on_drained
         self._on_failure = on_failure
         self.parked = ParkedRecords(spool.directory)
-        self._parked_count = self.parked.count()
-        self._refusals: dict[tuple[int, int], int] = {}
+        self._refusals: dict[tuple[int, int], _Refusal] = {}
         self._state = DrainState.IDLE
         self._error: str | None = None
 
     def status(self) -> DrainStatus:
-        return DrainStatus(self._state, self._error, self._parked_count)
+        # Counted afresh: `python -m service parked --replay` removes files meanwhile.
+        return DrainStatus(self._state, self._error, self.parked.count())
 
     async def run(self) -> None:
         """Drain whenever the broker is connected; never returns."""
@@ -139,14 +159,17 @@ class Drainer:
         """Publish the next batch and move the cursor; None when there is nothing to read."""
         segment, data = await self._spool.read_oldest()
         cursor, done = self._spool.cursor
+        now = asyncio.get_running_loop().time()
         items: list[Record | Damage] = []
         sending: list[Record] = []
         for item in scan(data, cursor):
             items.append(item)
             if isinstance(item, Record) and not within(done, item.start):
-                sending.append(item)
-                if len(sending) >= DRAIN_BATCH:
-                    break
+                refusal = self._refusals.get((segment, item.start))
+                if refusal is None or refusal.retry_at <= now:
+                    sending.append(item)
+                    if len(sending) >= DRAIN_BATCH:
+                        break
         if not items:
             return _Walk([], progressed=True) if await self._spool.finish(segment) else None
         results = await asyncio.gather(
@@ -155,24 +178,28 @@ class Drainer:
         outcome = {record.start: result for record, result in zip(sending, results, strict=True)}
         walk = _Walk([])
         for item in items:
-            if isinstance(item, Damage):
-                await self._move_aside(segment, data, item, walk)
-            elif within(done, item.start):
+            if within(done, item.start):
                 walk.finished.append((item.start, item.end))
-            else:
+            elif isinstance(item, Damage):
+                await self._move_aside(segment, data, item, walk)
+            elif item.start in outcome:
                 await self._settle_record(segment, data, item, outcome[item.start], walk)
+            else:  # refused before, and its own back-off has not passed
+                walk.fail(None, self._refusals[(segment, item.start)].error)
         new_cursor, new_done = _advance(cursor, (*done, *walk.finished))
         if (new_cursor, new_done) != (cursor, done):
             walk.progressed = walk.progressed or new_cursor != cursor
             if (error := await self._spool.advance(segment, new_cursor, new_done)) is not None:
                 walk.fail("disk", f"cursor not saved: {error}")
         self._refusals = {
-            key: count
-            for key, count in self._refusals.items()
+            key: refusal
+            for key, refusal in self._refusals.items()
             if key[0] == segment and key[1] >= new_cursor
         }
+        # Only now that the cursor holds them may they leave the count.
+        if walk.gone:
+            self._spool.forget(walk.gone, walk.gone_bytes)
         if walk.drained:
-            self._spool.forget(walk.drained, walk.drained_bytes)
             self._on_drained(walk.drained)
         return walk
 
@@ -182,19 +209,22 @@ class Drainer:
         key = (segment, record.start)
         if result is None:
             self._refusals.pop(key, None)
-            walk.finished.append((record.start, record.end))
+            walk.finish(record)
             walk.drained += 1
-            walk.drained_bytes += record.end - record.start
-            walk.progressed = True
             return
         if not isinstance(result, PublishNacked | PublishReturned):
             walk.fail("broker", type(result).__name__)
             return
-        refusals = self._refusals[key] = self._refusals.get(key, 0) + 1
-        walk.fail("refused", f"{type(result).__name__} for {record.message.routing_key}")
+        error = f"{type(result).__name__} for {record.message.routing_key}"
+        earlier = self._refusals.get(key)
+        refusals = 1 if earlier is None else earlier.count + 1
+        # Each record waits out its own back-off, so a busy drain cannot park it in a blink.
+        retry_at = asyncio.get_running_loop().time() + backoff(self._retry_delays, refusals - 1)
+        self._refusals[key] = _Refusal(refusals, retry_at, error)
+        walk.fail("refused", error)
         if refusals < PARK_AFTER:
             return
-        name = f"{segment:020d}-{record.start}"
+        name = f"{segment:020d}-{record.start}-{uuid.uuid4().hex[:8]}"
         try:
             path = await asyncio.to_thread(
                 self.parked.park,
@@ -206,11 +236,8 @@ class Drainer:
         except OSError as exc:
             walk.fail("disk", f"cannot park a record: {strerror(exc)}")
             return
-        self._parked_count += 1
         self._refusals.pop(key, None)
-        self._spool.forget(1, record.end - record.start)
-        walk.finished.append((record.start, record.end))
-        walk.progressed = True
+        walk.finish(record)
         log.error(
             "spool record parked: the broker refused it again and again",
             file=str(path),

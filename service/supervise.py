@@ -36,18 +36,26 @@ def keep_running(
             try:
                 await run()
                 return
-            except Exception:
-                if time.monotonic() - started > HEALTHY_SECONDS:
-                    failures = 0
-                try:
-                    log.exception("background task failed; starting it again", task=name)
-                    on_crash(name)
-                except Exception:  # noqa: S110 - a failing log line must not end the supervision
-                    pass
+            except (asyncio.CancelledError, Exception):
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # being stopped: whatever the stop raised ends the task
+                # aiormq closes its futures with CancelledError: a crash, not a stop.
+                failures = _crashed(name, started, failures, on_crash)
             await asyncio.sleep(backoff(RESTART_DELAYS, failures))
             failures += 1
 
     return asyncio.create_task(supervised(), name=name)
+
+
+def _crashed(name: str, started: float, failures: int, on_crash: Callable[[str], object]) -> int:
+    """Log and report a crash; return the failure count the back-off goes on from."""
+    try:
+        log.exception("background task failed; starting it again", task=name)
+        on_crash(name)
+    except Exception:  # noqa: S110 - a failing log line must not end the supervision
+        pass
+    return 0 if time.monotonic() - started > HEALTHY_SECONDS else failures
 
 
 async def stop(task: asyncio.Task[None] | None) -> None:

@@ -180,3 +180,37 @@ async def test_segment_numbers_never_reuse_one_a_stale_cursor_names(tmp_path: Pa
     assert segments == [f"{42:020d}{SEGMENT_SUFFIX}"]
     assert spool.cursor == (0, ())
     await spool.close()
+
+
+async def test_a_segment_rolled_over_after_the_drain_read_it_keeps_its_new_records(
+    tmp_path: Path,
+) -> None:
+    spool = Spool.open(tmp_path, max_bytes=10**9)
+    await spool.append(message(0))
+    broker = Broker()
+    drainer = Drainer(spool, broker, lambda: True, retry_delays=FAST)
+    await running(drainer, lambda: spool.depth.records == 0)
+    segment, data = await spool.read_oldest()  # the drain is caught up: nothing past the cursor
+    assert spool.cursor[0] == len(data)
+    # Meanwhile the writer fills the segment past SEGMENT_BYTES and starts the next one.
+    await asyncio.gather(*(spool.append(message(n, size=4096)) for n in range(1, 1100)))
+    assert await spool.finish(segment) is False
+    await running(drainer, lambda: spool.depth.records == 0)
+    assert broker.published == Counter({f"m-{n}": 1 for n in range(1100)})
+    await spool.close()
+
+
+async def test_a_busy_drain_still_gives_a_refused_record_its_back_off(tmp_path: Path) -> None:
+    spool = Spool.open(tmp_path, max_bytes=10**9)
+    for n in range(2000):
+        await spool.append(message(n))
+    broker = Broker(refuse=("m-0",))
+    drainer = Drainer(spool, broker, lambda: True, retry_delays=(0.2,))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await running(drainer, lambda: drainer.status().parked == 1)
+    assert loop.time() - started >= 0.2 * (PARK_AFTER - 1)
+    assert broker.attempts["m-0"] == PARK_AFTER
+    await running(drainer, lambda: spool.depth.records == 0)
+    assert sum(broker.published.values()) == 1999
+    await spool.close()
