@@ -65,6 +65,12 @@ class Consumer:
         if not isinstance(concurrency, int) or concurrency < 1:
             raise RegistrationError(f"consumer {name!r}: concurrency must be at least 1")
         self.name = name
+        # The module that made it, so that a module importing another's consumer
+        # does not run it a second time (`loader.consumers_in`).
+        caller = inspect.currentframe()
+        self.module: str | None = (
+            caller.f_back.f_globals.get("__name__") if caller and caller.f_back else None
+        )
         self.retry_delays: tuple[float, ...] = delays
         self.concurrency = concurrency
         self.routes: list[Route] = []

@@ -93,8 +93,19 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
 
     Each is acked on `.dead` only after the broker confirmed its copy.
     """
-    queue = await channel.declare_queue(queues.dead, passive=True)
-    # Only what is there now: a consumer that rejects at once refills `.dead` meanwhile.
+    return await move_messages(channel, queues.dead, queues.main, limit)
+
+
+async def move_messages(
+    channel: AbstractChannel, source: str, target: str, limit: int | None = None
+) -> int:
+    """Move up to `limit` messages from queue `source` to queue `target`, afresh.
+
+    Each copy keeps the event's routing key and id and starts its attempts over; the
+    original is acked only after the broker confirmed the copy. Only what `source` holds
+    now is moved: one that fails at once and comes back does not keep this going.
+    """
+    queue = await channel.declare_queue(source, passive=True)
     available = queue.declaration_result.message_count or 0
     limit = available if limit is None else min(limit, available)
     moved = 0
@@ -103,7 +114,7 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
         if message is None:
             break
         copy = copy_of(message, {ROUTING_KEY: _original_routing_key(message)}, _ATTEMPT_HEADERS)
-        await channel.default_exchange.publish(copy, routing_key=queues.main, mandatory=True)
+        await channel.default_exchange.publish(copy, routing_key=target, mandatory=True)
         await message.ack()
         moved += 1
     return moved

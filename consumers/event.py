@@ -11,7 +11,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.common import FieldTable
 
-from service.envelope import Envelope
+from service.envelope import Envelope, body_digest
 
 ATTEMPT = "x-attempt"
 ROUTING_KEY = "x-routing-key"
@@ -62,11 +62,17 @@ def routing_key_of(message: AbstractIncomingMessage) -> str:
 
 
 def copy_of(
-    message: AbstractIncomingMessage, extra: FieldTable, drop: tuple[str, ...] = BROKER_HEADERS
+    message: AbstractIncomingMessage,
+    extra: FieldTable,
+    drop: tuple[str, ...] = BROKER_HEADERS,
+    *,
+    message_id: str | None = None,
 ) -> aio_pika.Message:
     """A persistent copy of `message` for a retry, dead or replay queue.
 
-    It keeps the headers not starting with one of `drop`, and adds `extra`.
+    It keeps the headers not starting with one of `drop`, and adds `extra`. Its id is
+    `message_id`, else the message's own, else the sha256 of the body: never one the
+    client library would make up.
     """
     headers: FieldTable = {
         key: value for key, value in (message.headers or {}).items() if not key.startswith(drop)
@@ -77,7 +83,7 @@ def copy_of(
         headers=headers,
         content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
+        message_id=message_id or message.message_id or body_digest(message.body),
         type=message.type,
         timestamp=message.timestamp,
         correlation_id=message.correlation_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
+import sys
 from types import ModuleType
 
 import consumers
@@ -14,6 +15,7 @@ from consumers.errors import LoadError
 # Modules of the runtime itself, never consumers.
 _RUNTIME = frozenset(
     {
+        "cli",
         "consumer",
         "dead",
         "errors",
@@ -21,7 +23,10 @@ _RUNTIME = frozenset(
         "loader",
         "metrics",
         "patterns",
+        "prune",
+        "registry",
         "settings",
+        "threads",
         "topology",
         "worker",
     }
@@ -41,8 +46,25 @@ def _import(name: str) -> ModuleType:
 
 
 def consumers_in(module: ModuleType) -> list[Consumer]:
-    """Every `Consumer` defined at module level, in definition order."""
-    return [value for value in vars(module).values() if isinstance(value, Consumer)]
+    """Every `Consumer` made by `module` and held at its top level, in definition order.
+
+    One it imported from another module is that module's, and is not run again here.
+    """
+    found = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, Consumer) and _belongs_to(value, module)
+    ]
+    return list({id(consumer): consumer for consumer in found}.values())
+
+
+def _belongs_to(consumer: Consumer, module: ModuleType) -> bool:
+    if consumer.module in (module.__name__, None):
+        return True
+    # Made elsewhere: it is that module's own only if that module holds it too (an import);
+    # one made by a helper function there belongs to the module that keeps it.
+    home = sys.modules.get(consumer.module)
+    return home is None or all(value is not consumer for value in vars(home).values())
 
 
 def load(names: list[str]) -> list[tuple[str, Consumer]]:
@@ -53,7 +75,11 @@ def load(names: list[str]) -> list[tuple[str, Consumer]]:
         defined = consumers_in(module)
         if not defined:
             raise LoadError(f"module {module.__name__!r} defines no Consumer at module level")
-        found.extend((module.__name__, consumer) for consumer in defined)
+        found.extend(
+            (module.__name__, consumer)
+            for consumer in defined
+            if all(consumer is not other for _, other in found)
+        )
     check_unique([consumer for _, consumer in found])
     return found
 

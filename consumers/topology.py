@@ -85,17 +85,18 @@ async def declare_consumer_topology(
                 **_dead_lettering(queues.main),
             },
         )
-    await _sync_bindings(channel, main, names.events, queues.bindings, consumer.patterns)
+    await sync_bindings(channel, main, names.events, queues.bindings, consumer.patterns)
     return main
 
 
-async def _sync_bindings(
+async def sync_bindings(
     channel: AbstractChannel,
     queue: AbstractQueue,
     exchange: str,
     record_queue: str,
     patterns: tuple[str, ...],
-) -> None:
+) -> tuple[str, ...]:
+    """Bind `patterns`, unbind the recorded ones beyond them; return those it unbound."""
     record = await channel.declare_queue(record_queue, durable=True, arguments=QUORUM)
     previous: list[AbstractIncomingMessage] = []
     while (message := await record.get(no_ack=False, fail=False)) is not None:
@@ -121,3 +122,4 @@ async def _sync_bindings(
     )
     for message in previous:
         await message.ack()
+    return tuple(sorted(bound_before - set(patterns)))

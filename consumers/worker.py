@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import structlog
@@ -36,12 +37,15 @@ from consumers.event import (
     routing_key_of,
 )
 from consumers.metrics import WorkerMetrics, serve_metrics
+from consumers.registry import entry_for, rewrite
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.bus import BusNames
-from service.envelope import parse
+from service.confirms import OnePerId
+from service.envelope import body_digest, parse
 from service.errors import InvalidEnvelope
 from service.logs import bound_logger
+from service.text import safe_text
 from service.timing import backoff, iso_utc
 
 log = structlog.get_logger("consumers.worker")
@@ -92,6 +96,8 @@ class Worker:
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
+        # Every copy goes out on one channel, where aiormq matches returns by message id.
+        self._one_per_id = OnePerId()
         self.metrics = WorkerMetrics()
         self._log = bound_logger("consumers.worker")
         self.ready = asyncio.Event()
@@ -150,6 +156,7 @@ class Worker:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
         queue = await declare_consumer_topology(channel, self._names, consumer)
+        await rewrite(channel, self._names, add=dict([entry_for(self._names.prefix, consumer)]))
         queues = ConsumerQueues(self._names.prefix, consumer.name)
         running = _Running(consumer, queues, channel, queue)
         # Read when scraped, so counting a message costs no lock.
@@ -175,7 +182,9 @@ class Worker:
                 log.warning("handlers still running at the deadline; their messages go back")
                 for task in self._in_flight:
                     task.cancel()
-                await asyncio.gather(*self._in_flight, return_exceptions=True)
+                # A handler that ignores its cancellation is left behind, bounded.
+                if self._in_flight:
+                    await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_STEP_TIMEOUT)
                 return
             await asyncio.wait(set(self._in_flight), timeout=remaining)
 
@@ -195,20 +204,24 @@ class Worker:
         try:
             outcome = await self._process(running, message, routing_key, attempt)
         except asyncio.CancelledError:
-            log.warning("handler cancelled; the message goes back to the queue")
+            _quietly(log.warning, "handler cancelled; the message goes back to the queue")
             raise
-        except Exception:
+        except Exception as fault:
             # A fault of the runtime, not of the handler: never leave the message stranded.
-            log.exception("could not settle the message; handing it back")
-            await asyncio.sleep(_requeue_pause(message))
-            await _settle(message.nack(requeue=True))
-            outcome = "requeued"
+            outcome = "ok"
+            if not message.processed:
+                await asyncio.sleep(_requeue_pause(message))
+                await _settle(message.nack(requeue=True))
+                outcome = "requeued"
+            _quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
         finally:
             self._in_flight.discard(task)
             running.handling -= 1
         seconds = time.perf_counter() - started
         self.metrics.handled(name, routing_key, outcome, seconds)
-        self._log.info("message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
+        _quietly(
+            self._log.info, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2)
+        )
 
     async def _process(
         self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
@@ -216,8 +229,17 @@ class Worker:
         try:
             envelope = parse(message.body)
         except InvalidEnvelope as invalid:
-            return await self._dead(running, message, routing_key, attempt, invalid, "rejected")
+            return await self._dead(
+                running,
+                message,
+                body_digest(message.body),
+                routing_key,
+                attempt,
+                invalid,
+                "rejected",
+            )
         event = event_from(message, envelope, routing_key, attempt)
+        message_id = event.message_id
         structlog.contextvars.bind_contextvars(
             event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
         )
@@ -229,20 +251,26 @@ class Worker:
                 raise NoHandler(f"no handler of {name!r} matches {routing_key!r}")
             for handler in handlers:
                 await handler(event)
-        except Reject as rejected:
-            return await self._dead(running, message, routing_key, attempt, rejected, "rejected")
         except (Exception, asyncio.CancelledError) as failure:
             task = asyncio.current_task()
             if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
                 raise  # the worker itself is cancelling the handler
-            log.warning("handler failed", error_type=type(failure).__name__, exc_info=failure)
+            if rejected := _rejection(failure):
+                return await self._dead(
+                    running, message, message_id, routing_key, attempt, rejected, "rejected"
+                )
+            error_type = type(failure).__name__
+            _quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
             delays = running.consumer.retry_delays
-            if attempt <= len(delays):
-                extra = _failure(running, message, routing_key, attempt, failure)
-                extra[ATTEMPT] = attempt + 1
-                target = running.queues.retry(delays[attempt - 1])
-                return "retried" if await self._forward(message, target, extra) else "requeued"
-            return await self._dead(running, message, routing_key, attempt, failure, "dead")
+            if attempt > len(delays):
+                return await self._dead(
+                    running, message, message_id, routing_key, attempt, failure, "dead"
+                )
+            extra = _failure(running, message, routing_key, attempt, failure)
+            extra[ATTEMPT] = attempt + 1
+            target = running.queues.retry(delays[attempt - 1])
+            forwarded = await self._forward(message, message_id, target, extra)
+            return "retried" if forwarded else "requeued"
         await _settle(message.ack())
         return "ok"
 
@@ -250,32 +278,43 @@ class Worker:
         self,
         running: _Running,
         message: AbstractIncomingMessage,
+        message_id: str,
         routing_key: str,
         attempt: int,
         failure: BaseException,
         outcome: str,
     ) -> str:
         extra = _failure(running, message, routing_key, attempt, failure)
-        return outcome if await self._forward(message, running.queues.dead, extra) else "requeued"
+        forwarded = await self._forward(message, message_id, running.queues.dead, extra)
+        return outcome if forwarded else "requeued"
 
     async def _forward(
-        self, message: AbstractIncomingMessage, target: str, extra: FieldTable
+        self, message: AbstractIncomingMessage, message_id: str, target: str, extra: FieldTable
     ) -> bool:
-        """Publish a confirmed copy to `target`, then ack; on failure hand the message back."""
+        """Publish a confirmed copy to `target`, then ack; on failure hand the message back.
+
+        The copy carries `message_id`, the event's own, also when the message had none.
+        """
         assert self._publisher is not None
-        copy = copy_of(message, extra)
+        copy = copy_of(message, extra, message_id=message_id)
         try:
-            await self._publisher.default_exchange.publish(
-                copy, routing_key=target, mandatory=True, timeout=FORWARD_TIMEOUT
-            )
+            async with asyncio.timeout(FORWARD_TIMEOUT):
+                mine = await self._one_per_id.acquire(message_id)
+                try:
+                    await self._publisher.default_exchange.publish(
+                        copy, routing_key=target, mandatory=True
+                    )
+                finally:
+                    self._one_per_id.release(message_id, mine)
         except Exception as exc:
-            log.error(
-                "broker did not take the copy; handing the message back",
+            await asyncio.sleep(_requeue_pause(message))
+            await _settle(message.nack(requeue=True))
+            _quietly(
+                log.error,
+                "broker did not take the copy; the message went back",
                 target=target,
                 error_type=type(exc).__name__,
             )
-            await asyncio.sleep(_requeue_pause(message))
-            await _settle(message.nack(requeue=True))
             return False
         await _settle(message.ack())
         return True
@@ -293,12 +332,36 @@ def _failure(
     return {
         "x-consumer": running.consumer.name,
         ROUTING_KEY: routing_key,
-        "x-error-type": type(failure).__name__,
-        "x-error-message": str(failure)[:MAX_ERROR_MESSAGE],
+        "x-error-type": safe_text(type(failure).__name__),
+        "x-error-message": safe_text(_describe(failure)[:MAX_ERROR_MESSAGE]),
         "x-attempts": attempt,
         "x-first-failure-at": first if isinstance(first, str) else now,
         "x-last-failure-at": now,
     }
+
+
+def _describe(failure: BaseException) -> str:
+    try:
+        return str(failure)
+    except Exception:  # an exception whose __str__ raises still gets its letter
+        return f"<{type(failure).__name__} with an unprintable message>"
+
+
+def _rejection(failure: BaseException) -> Reject | None:
+    """The `Reject` in `failure`: itself, or the first one raised in a (nested) task group."""
+    if isinstance(failure, Reject):
+        return failure
+    if isinstance(failure, BaseExceptionGroup):
+        for inner in failure.exceptions:
+            if (found := _rejection(inner)) is not None:
+                return found
+    return None
+
+
+def _quietly(method: Callable[..., Any], event: str, **fields: Any) -> None:
+    """Log, but never let a failing log call decide a message's fate."""
+    with contextlib.suppress(Exception):  # there is nowhere left to report it
+        method(event, **fields)
 
 
 def _requeue_pause(message: AbstractIncomingMessage) -> float:

@@ -52,6 +52,21 @@ def _named(logger: Any, args: tuple[Any, ...]) -> Any:
     return logger
 
 
+# One text wrapper per stream, kept: a collected wrapper would close the stream under it.
+_TEXT: dict[int, tuple[BinaryIO, io.TextIOWrapper]] = {}
+
+
+def _text(out: BinaryIO) -> io.TextIOWrapper:
+    # Text UTF-8 cannot encode (a lone surrogate) is escaped: a log call never raises for it.
+    kept = _TEXT.get(id(out))
+    if kept is None or kept[0] is not out:
+        wrapper = io.TextIOWrapper(
+            out, encoding="utf-8", errors="backslashreplace", write_through=True
+        )
+        kept = _TEXT[id(out)] = (out, wrapper)
+    return kept[1]
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -80,7 +95,7 @@ def configure_logging(
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         last = [MaskFields(secrets), renderer]
-        text = io.TextIOWrapper(out, write_through=True)
+        text = _text(out)
 
         def factory(*args: Any) -> Any:
             return _named(structlog.PrintLogger(text), args)
@@ -105,7 +120,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(io.TextIOWrapper(out, write_through=True))
+    handler = logging.StreamHandler(_text(out))
     handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

@@ -21,6 +21,7 @@ from aiormq.abc import AbstractChannel
 from yarl import URL
 
 from service.bus import BusNames, Outgoing
+from service.confirms import OnePerId
 from service.errors import (
     BrokerUnavailable,
     PublishNacked,
@@ -76,7 +77,7 @@ class AmqpPublisher:
         self._names = names
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
-        self._publishing: dict[str, asyncio.Future[None]] = {}
+        self._one_per_id = OnePerId()
         self._supervisor: asyncio.Task[None] | None = None
         self._on_crash = on_crash
 
@@ -101,14 +102,9 @@ class AmqpPublisher:
         if channel is None or channel.is_closed:
             raise BrokerUnavailable
         message_id = message.message_id
-        mine = asyncio.get_running_loop().create_future()
         try:
             async with asyncio.timeout(self._timeout):
-                # aiormq matches a broker return to its publish by message id; with two
-                # publishes of one id in flight, a return could be charged to the wrong one.
-                while (earlier := self._publishing.get(message_id)) is not None:
-                    await asyncio.shield(earlier)
-                self._publishing[message_id] = mine
+                mine = await self._one_per_id.acquire(message_id)
                 try:
                     confirm = await channel.basic_publish(
                         message.body,
@@ -118,8 +114,7 @@ class AmqpPublisher:
                         mandatory=True,
                     )
                 finally:
-                    del self._publishing[message_id]
-                    mine.set_result(None)
+                    self._one_per_id.release(message_id, mine)
         except TimeoutError:
             raise PublishTimeout from None
         except aiormq.exceptions.PublishError:

@@ -9,6 +9,8 @@ from typing import Any
 import orjson
 import structlog
 
+from service.text import encodable, safe_text
+
 MASK = "[redacted]"
 
 
@@ -80,13 +82,23 @@ class RedactingJSON:
 
     def _object(self, value: object) -> str:
         # Objects orjson cannot encode, dataclasses included, are logged by their repr.
-        return self._mask(repr(value))
+        return safe_text(self._mask(repr(value)))
 
     def _dumps(self, event: Any) -> bytes:
         return orjson.dumps(event, default=self._object, option=orjson.OPT_PASSTHROUGH_DATACLASS)
 
     def __call__(self, _: Any, __: str, event: structlog.typing.EventDict) -> bytes:
-        line = self._dumps(event)
+        try:
+            line = self._dumps(event)
+        except TypeError:  # orjson's JSONEncodeError: text it cannot encode, a lone surrogate
+            event = encodable(event)
+            try:
+                line = self._dumps(event)
+            except TypeError as exc:
+                # A logging call never fails its caller; this line at least says one was lost.
+                return orjson.dumps(
+                    {"event": "log line not rendered", "error": safe_text(str(exc))}
+                )
         if any(form in line for form in self._escaped):
             line = self._dumps(self._mask.deep(event))
         return line

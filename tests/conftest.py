@@ -34,6 +34,7 @@ from tests.support import (
     receiver_settings,
 )
 from tests.tcp_proxy import TcpProxy, proxy_to
+from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -225,3 +226,29 @@ async def spawn_receiver(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnRec
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture
+async def spawn_worker(bus: BusView, tmp_path: Path) -> AsyncIterator[SpawnWorker]:
+    """Start `python -m consumers run MODULE` on the test's prefix; kill what is left after.
+
+    `consumers` are those the module runs, so their queues are deleted at the end.
+    """
+    workers: list[WorkerProcess] = []
+
+    async def spawn(
+        module: str, *consumers: Consumer, args: tuple[str, ...] = (), **env: str
+    ) -> WorkerProcess:
+        for consumer in consumers:
+            bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+        log = tmp_path / f"worker-{len(workers)}.log"
+        settings = {"AMQP_URL": AMQP_URL, "BUS_PREFIX": bus.names.prefix, **env}
+        worker = await start_worker(module, log, settings, *args)
+        workers.append(worker)
+        return worker
+
+    yield spawn
+    for worker in workers:
+        if worker.process.returncode is None:
+            worker.process.kill()
+            await worker.process.wait()

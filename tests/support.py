@@ -152,7 +152,13 @@ class BusView:
         self._extra_queues.update(queues)
 
     async def remove_all(self) -> None:
-        for queue in (self.names.unrouted, self.names.invalid, *sorted(self._extra_queues)):
+        registry = f"{self.names.prefix}.registry"  # written by every worker that starts
+        for queue in (
+            self.names.unrouted,
+            self.names.invalid,
+            registry,
+            *sorted(self._extra_queues),
+        ):
             await self.channel.queue_delete(queue)
         for exchange in (self.names.events, self.names.unrouted):
             await self.channel.exchange_delete(exchange)

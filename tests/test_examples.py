@@ -8,12 +8,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from consumers import audit_log, placement_sync
 from consumers.topology import ConsumerQueues
+from service.app import WEBHOOK_PATH
 from tests.conftest import WorkerFactory
-from tests.support import BusView
+from tests.receivers import SpawnReceiver
+from tests.support import API_KEYS, BusView
+from tests.worker_processes import SpawnWorker
 
 pytestmark = pytest.mark.rabbit
 
@@ -71,3 +75,33 @@ async def test_placement_sync_fetches_once_per_message_and_rejects_what_it_canno
     assert dead.headers["x-error-type"] == "Reject"
     await asyncio.sleep(0.3)
     assert fake.calls == [(6, 86635), (6, 4242)]
+
+
+async def test_audit_log_writes_every_event_the_receiver_accepted(
+    bus: BusView, spawn_receiver: SpawnReceiver, spawn_worker: SpawnWorker, tmp_path: Path
+) -> None:
+    """Nested deeper than orjson serialises (about 255), as the receiver accepts (1,023)."""
+    receiver = await spawn_receiver()
+    await spawn_worker(
+        "audit_log", audit_log.consumer, AUDIT_LOG_DIR=str(tmp_path), METRICS_PORT="0"
+    )
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    body = json.dumps({"EventName": "talent_created", "CorrelationId": "deep-1", "Deep": deep})
+    pretty = json.dumps({"EventName": "talent_saved", "CorrelationId": "pretty-1"}, indent=2)
+    async with aiohttp.ClientSession() as session:
+        for sent in (body, pretty):
+            async with session.post(
+                receiver.url + WEBHOOK_PATH, data=sent, headers={"X-api-key": API_KEYS[0]}
+            ) as response:
+                assert response.status == 200
+    day = tmp_path / f"{datetime.now(UTC):%Y-%m-%d}.jsonl"
+    async with asyncio.timeout(15):
+        while not day.exists() or len(day.read_text().splitlines()) < 2:
+            await asyncio.sleep(0.05)
+    lines = {line["message_id"]: line for line in map(json.loads, day.read_text().splitlines())}
+    assert lines["deep-1"]["payload"] == json.loads(body)
+    assert lines["pretty-1"]["payload"] == json.loads(pretty)  # one line, though sent on six
+    dead = await bus.queue(ConsumerQueues(bus.names.prefix, "audit-log").dead)
+    assert dead.declaration_result.message_count == 0

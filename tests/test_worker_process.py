@@ -8,35 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from consumers.topology import ConsumerQueues
-from tests.support import AMQP_URL, BusView, consumer_queue_names
+from tests.support import BusView
+from tests.worker_processes import SpawnWorker, WorkerProcess
 from tests.workers import recorder
 
 pytestmark = pytest.mark.rabbit
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class WorkerProcess:
-    """One `python -m consumers run tests.workers.recorder` process."""
-
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
-
-    def started(self) -> bool:
-        return '"event":"worker started"' in self.log.read_text()
-
 
 Spawn = Callable[..., Awaitable[WorkerProcess]]
 
@@ -59,42 +44,18 @@ def record_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def spawn(bus: BusView, tmp_path: Path, record_file: Path) -> AsyncIterator[Spawn]:
-    bus.forget_later(*consumer_queue_names(bus.names.prefix, recorder.consumer))
-    processes: list[WorkerProcess] = []
-
+def spawn(spawn_worker: SpawnWorker, record_file: Path) -> Spawn:
     async def start(handler_seconds: float = 0) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(processes)}.log"
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(ROOT),
-            "AMQP_URL": AMQP_URL,
-            "BUS_PREFIX": bus.names.prefix,
-            "LOG_FORMAT": "json",
-            "RECORD_FILE": str(record_file),
-            "HANDLER_SECONDS": str(handler_seconds),
-            "METRICS_PORT": "0",
-        }
-        with log.open("w") as stderr:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "consumers",
-                "run",
-                "tests.workers.recorder",
-                env=env,
-                stderr=stderr,
-            )
-        worker = WorkerProcess(process, log)
-        processes.append(worker)
-        await until(worker.started)
-        return worker
+        return await spawn_worker(
+            "tests.workers.recorder",
+            recorder.consumer,
+            LOG_FORMAT="json",
+            RECORD_FILE=str(record_file),
+            HANDLER_SECONDS=str(handler_seconds),
+            METRICS_PORT="0",
+        )
 
-    yield start
-    for worker in processes:
-        if worker.process.returncode is None:
-            worker.process.kill()
-            await worker.process.wait()
+    return start
 
 
 async def test_replicas_compete_and_share_the_work(

@@ -1,0 +1,60 @@
+"""`consumers dead NAME` and `consumers replay NAME`: look at dead letters, and send them back."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import aio_pika
+
+from consumers.dead import inspect_dead, replay_dead
+from consumers.errors import ConsumerError
+from consumers.loader import load
+from consumers.settings import WorkerSettings
+from consumers.topology import ConsumerQueues
+
+
+def add(commands: Any) -> None:
+    dead = commands.add_parser("dead", help="show dead letters; consumes nothing")
+    dead.add_argument("name", metavar="NAME", help="consumer name or module")
+    dead.add_argument("--sample", type=int, default=1000, metavar="N", help="letters to read")
+    dead.set_defaults(func=lambda args, settings: asyncio.run(_dead(args, settings)))
+    replay = commands.add_parser("replay", help="send dead letters back to be processed")
+    replay.add_argument("name", metavar="NAME", help="consumer name or module")
+    replay.add_argument("--limit", type=int, metavar="N", help="at most N letters; default all")
+    replay.set_defaults(func=lambda args, settings: asyncio.run(_replay(args, settings)))
+
+
+def consumer_names(name: str) -> list[str]:
+    """The consumers a module defines, or `name` itself when it is no module."""
+    try:
+        return [consumer.name for _, consumer in load([name])]
+    except ConsumerError:
+        return [name]
+
+
+async def _dead(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    connection = await aio_pika.connect(settings.amqp_url.value)
+    async with connection:
+        for consumer in consumer_names(args.name):
+            queues = ConsumerQueues(settings.bus_prefix, consumer)
+            report = await inspect_dead(connection, queues, args.sample)
+            print(f"{report.queue}: {report.count} dead letter(s)")
+            if report.count:
+                print(f"  oldest failure: {report.oldest or 'unknown'}")
+                print(f"  errors (of {report.sampled} read):")
+                for error, count in report.errors:
+                    print(f"    {count:6d}  {error}")
+    return 0
+
+
+async def _replay(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    connection = await aio_pika.connect(settings.amqp_url.value)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        for consumer in consumer_names(args.name):
+            queues = ConsumerQueues(settings.bus_prefix, consumer)
+            moved = await replay_dead(channel, queues, args.limit)
+            print(f"replayed {moved} dead letter(s) from {queues.dead} to {queues.main}")
+    return 0

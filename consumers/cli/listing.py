@@ -1,0 +1,71 @@
+"""`consumers list [NAME...]`: consumers and their bindings, and those on the bus not among them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+import aio_pika
+
+from consumers.consumer import Consumer
+from consumers.loader import bundled, load
+from consumers.prune import depth
+from consumers.registry import registry_queue, rewrite
+from consumers.settings import WorkerSettings
+from consumers.topology import ConsumerQueues
+from service.bus import BusNames
+
+
+def add(commands: Any) -> None:
+    parser = commands.add_parser("list", help="print each consumer with its bindings")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="default: the bundled examples")
+    parser.set_defaults(func=command)
+
+
+def _delays(consumer: Consumer) -> str:
+    return " ".join(
+        f"{d / 60:g}m" if d >= 60 and d % 60 == 0 else f"{d:g}s" for d in consumer.retry_delays
+    )
+
+
+def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    loaded = load(args.names or bundled())
+    for module, consumer in loaded:
+        queue = ConsumerQueues(settings.bus_prefix, consumer.name).main
+        print(
+            f"{consumer.name}  ({module})  queue {queue}  concurrency {consumer.concurrency}"
+            f"  retries {_delays(consumer) or 'none'}"
+        )
+        for route in consumer.routes:
+            handler = getattr(route.handler, "__qualname__", type(route.handler).__name__)
+            print(f"    {', '.join(route.patterns)}  ->  {handler}")
+    try:
+        on_bus = asyncio.run(_registered(settings))
+    except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+        print(f"(the broker cannot be reached, {type(exc).__name__}: consumers on the bus unknown)")
+        return 0
+    here = {consumer.name for _, consumer in loaded}
+    others = {name: waiting for name, waiting in on_bus.items() if name not in here}
+    if others:
+        print(f"on the bus under {settings.bus_prefix!r} but not among these:")
+        for name, waiting in others.items():
+            held = "no queue" if waiting is None else f"{waiting} waiting"
+            print(f"  {name}  ({held}; retire it with: python -m consumers prune {name})")
+    return 0
+
+
+async def _registered(settings: WorkerSettings) -> dict[str, int | None]:
+    """Every consumer the registry knows, with the depth of its queue."""
+    connection = await aio_pika.connect(settings.amqp_url.value, timeout=5)
+    async with connection:
+        names = BusNames(settings.bus_prefix)
+        if await depth(connection, registry_queue(names)) is None:
+            return {}  # no worker ever started under this prefix; create nothing
+        channel = await connection.channel()
+        entries = await rewrite(channel, names)
+        await channel.close()
+        return {
+            name: await depth(connection, ConsumerQueues(names.prefix, name).main)
+            for name in entries
+        }
