@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,10 +26,15 @@ MAX_DELAY_SECONDS = (2**32 - 1) / 1000
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One handler and the normalized patterns it is bound to."""
+    """One handler, the normalized patterns it is bound to, and the tenants it takes."""
 
     patterns: tuple[str, ...]
     handler: Handler
+    tenants: frozenset[int] | None = None  # None: every tenant
+
+    def takes(self, tenant_id: int | None) -> bool:
+        """Whether an event of `tenant_id` (None: no tenant) runs this handler."""
+        return self.tenants is None or tenant_id in self.tenants
 
 
 def _is_async(handler: object) -> bool:
@@ -74,7 +79,7 @@ class Consumer:
         self.retry_delays: tuple[float, ...] = delays
         self.concurrency = concurrency
         self.routes: list[Route] = []
-        self._handlers_by_key: dict[str, tuple[Handler, ...]] = {}
+        self._routes_by_key: dict[str, tuple[Route, ...]] = {}
 
     def __repr__(self) -> str:
         return f"Consumer({self.name!r}, patterns={list(self.patterns)!r})"
@@ -84,35 +89,55 @@ class Consumer:
         """Every pattern the consumer's queue is bound to, sorted and without repeats."""
         return tuple(sorted({p for route in self.routes for p in route.patterns}))
 
-    def on(self, *patterns: str) -> Callable[[H], H]:
-        """Register an async handler for Avionté event names or topic patterns."""
+    def on(self, *patterns: str, tenants: Iterable[int] | None = None) -> Callable[[H], H]:
+        """Register an async handler for Avionté event names or topic patterns.
+
+        With `tenants`, it runs only for events of those tenants; others (and events
+        without a tenant) are acked without it, counted as `filtered`.
+        """
         if not patterns:
             raise RegistrationError(f"consumer {self.name!r}: on() needs an event name or pattern")
         normalized = tuple(dict.fromkeys(normalize_pattern(p) for p in patterns))
+        chosen = None if tenants is None else _tenant_set(self.name, tenants)
 
         def register(handler: H) -> H:
             if not _is_async(handler):
                 raise RegistrationError(
                     f"consumer {self.name!r}: handler {handler!r} must be an `async def` function"
                 )
-            self.routes.append(Route(normalized, handler))
-            self._handlers_by_key.clear()
+            self.routes.append(Route(normalized, handler, chosen))
+            self._routes_by_key.clear()
             return handler
 
         return register
 
-    def handlers_for(self, routing_key: str) -> tuple[Handler, ...]:
-        """The handlers whose patterns match `routing_key`, in registration order."""
-        found = self._handlers_by_key.get(routing_key)
+    def routes_for(self, routing_key: str) -> tuple[Route, ...]:
+        """The routes whose patterns match `routing_key`, in registration order."""
+        found = self._routes_by_key.get(routing_key)
         if found is None:
             found = tuple(
-                route.handler
+                route
                 for route in self.routes
                 if any(matches(pattern, routing_key) for pattern in route.patterns)
             )
-            if len(self._handlers_by_key) < 1024:
-                self._handlers_by_key[routing_key] = found
+            if len(self._routes_by_key) < 1024:
+                self._routes_by_key[routing_key] = found
         return found
+
+    def handlers_for(self, routing_key: str) -> tuple[Handler, ...]:
+        """The handlers whose patterns match `routing_key`, in registration order."""
+        return tuple(route.handler for route in self.routes_for(routing_key))
+
+
+def _tenant_set(name: str, tenants: Iterable[int]) -> frozenset[int]:
+    if isinstance(tenants, str | bytes):
+        raise RegistrationError(f"consumer {name!r}: tenants must be integers, got {tenants!r}")
+    chosen = tuple(tenants)
+    if not chosen or not all(isinstance(t, int) and not isinstance(t, bool) for t in chosen):
+        raise RegistrationError(
+            f"consumer {name!r}: tenants must name at least one integer tenant id, got {chosen!r}"
+        )
+    return frozenset(chosen)
 
 
 def check_unique(consumers: Sequence[Consumer]) -> None:

@@ -9,6 +9,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMe
 
 from consumers.event import ATTEMPT, BROKER_HEADERS, ROUTING_KEY, copy_of
 from consumers.topology import ConsumerQueues
+from consumers.transfer import peek, transfer
 
 # Headers that belong to one run through the retries; a replay starts afresh.
 _ATTEMPT_HEADERS = (
@@ -66,23 +67,22 @@ def _original_routing_key(message: AbstractIncomingMessage) -> str:
 async def inspect_dead(
     connection: AbstractConnection, queues: ConsumerQueues, sample: int
 ) -> DeadReport:
-    """Read up to `sample` dead letters unacknowledged; closing the channel puts them all back."""
-    channel = await connection.channel()
+    """Read up to `sample` dead letters and put each back as a copy (see `consumers.peek`)."""
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
         queue = await channel.declare_queue(queues.dead, passive=True)
         count = queue.declaration_result.message_count or 0
         errors: Counter[str] = Counter()
-        oldest: str | None = None
-        sampled = 0
-        while sampled < min(sample, count):
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                break
-            sampled += 1
+        failures: list[str] = []
+
+        def see(message: AbstractIncomingMessage) -> None:
             errors[_error_of(message)] += 1
             failed_at = (message.headers or {}).get("x-last-failure-at")
-            if isinstance(failed_at, str) and (oldest is None or failed_at < oldest):
-                oldest = failed_at
+            if isinstance(failed_at, str):
+                failures.append(failed_at)
+
+        sampled = await peek(channel, queues.dead, sample, see)
+        oldest = min(failures, default=None)
         return DeadReport(queues.dead, count, sampled, oldest, errors.most_common())
     finally:
         await channel.close()
@@ -105,16 +105,9 @@ async def move_messages(
     original is acked only after the broker confirmed the copy. Only what `source` holds
     now is moved: one that fails at once and comes back does not keep this going.
     """
-    queue = await channel.declare_queue(source, passive=True)
-    available = queue.declaration_result.message_count or 0
-    limit = available if limit is None else min(limit, available)
-    moved = 0
-    while moved < limit:
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            break
+
+    async def move(message: AbstractIncomingMessage) -> None:
         copy = copy_of(message, {ROUTING_KEY: _original_routing_key(message)}, _ATTEMPT_HEADERS)
         await channel.default_exchange.publish(copy, routing_key=target, mandatory=True)
-        await message.ack()
-        moved += 1
-    return moved
+
+    return await transfer(channel, source, limit, move)

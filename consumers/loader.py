@@ -25,8 +25,11 @@ _RUNTIME = frozenset(
         "patterns",
         "prune",
         "registry",
+        "reroute",
         "settings",
+        "tail",
         "threads",
+        "transfer",
         "topology",
         "worker",
     }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from dataclasses import dataclass
+
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -12,7 +15,11 @@ from prometheus_client import (
     generate_latest,
 )
 
+from service.errors import SettingsError
 from service.metrics import MAX_ROUTING_KEYS, LabelCap, children
+
+# Where a worker serves /metrics unless METRICS_PORT says otherwise.
+DEFAULT_PORT = 9100
 
 
 class WorkerMetrics:
@@ -24,7 +31,7 @@ class WorkerMetrics:
         self.messages = Counter(
             "relay_consumer_messages",
             "Messages handled, by consumer, routing key and outcome "
-            "(ok, retried, dead, rejected, requeued).",
+            "(ok, retried, dead, rejected, requeued, filtered).",
             ["consumer", "routing_key", "outcome"],
             registry=self.registry,
         )
@@ -49,8 +56,22 @@ class WorkerMetrics:
         self._handle_seconds(consumer).observe(seconds)
 
 
-async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.AppRunner:
-    """Start the metrics endpoint; the caller cleans the returned runner up."""
+@dataclass(frozen=True, slots=True)
+class MetricsServer:
+    """The running `/metrics` endpoint and where it listens."""
+
+    runner: web.AppRunner
+    url: str
+
+
+async def serve_metrics(metrics: WorkerMetrics, port: int | None) -> MetricsServer | None:
+    """Start `/metrics` and `/healthz`; the caller cleans the returned runner up.
+
+    `port` 0 serves nothing. None (METRICS_PORT unset) takes DEFAULT_PORT, or any free
+    port when another worker on this host has it. A port that was set must be had.
+    """
+    if port == 0:
+        return None
 
     async def render(request: web.Request) -> web.Response:
         return web.Response(
@@ -65,5 +86,16 @@ async def serve_metrics(metrics: WorkerMetrics, host: str, port: int) -> web.App
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    for candidate in (DEFAULT_PORT, 0) if port is None else (port,):
+        try:
+            await web.TCPSite(runner, "0.0.0.0", candidate).start()
+        except OSError as exc:
+            if port is None and exc.errno == errno.EADDRINUSE:
+                continue
+            await runner.cleanup()
+            raise SettingsError(
+                "METRICS_PORT", f"cannot serve on {candidate}: {exc.strerror}"
+            ) from None
+        break
+    host, bound = runner.addresses[0][:2]
+    return MetricsServer(runner, f"http://{host}:{bound}/metrics")

@@ -22,7 +22,8 @@ class WorkerSettings:
     amqp_url: Secret = Settings.amqp_url
     bus_prefix: str = Settings.bus_prefix
     shutdown_timeout: float = 30.0
-    metrics_port: int = 9100
+    # None: 9100, or a free port when another worker on the host has 9100 (`metrics`).
+    metrics_port: int | None = None
     log_level: str = "info"
     log_format: str = "auto"
 
@@ -38,7 +39,7 @@ class WorkerSettings:
             amqp_url=Secret(env.amqp_url("AMQP_URL", cls.amqp_url.value)),
             bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
             shutdown_timeout=env.seconds("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
-            metrics_port=env.integer("METRICS_PORT", cls.metrics_port, low=0, high=65535),
+            metrics_port=env.maybe_integer("METRICS_PORT", low=0, high=65535),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )

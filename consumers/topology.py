@@ -2,8 +2,9 @@
 
 Bindings follow the code. AMQP cannot list a queue's bindings, so each consumer
 keeps a record of the patterns it bound in the small queue
-`{prefix}.{name}.bindings`. At start the worker reads that record, unbinds the
-patterns no longer in the code, binds the current ones and writes the new record.
+`{prefix}.{name}.bindings`. At start the worker reads that record, binds the current
+patterns, writes the new record, and only then unbinds the patterns no longer in the
+code: the record never names a pattern that is not bound.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ async def sync_bindings(
     underlay = await channel.get_underlay_channel()
     for pattern in patterns:
         await underlay.queue_bind(queue.name, exchange, routing_key=pattern)
-    for pattern in sorted(bound_before - set(patterns)):
-        await underlay.queue_unbind(queue.name, exchange, routing_key=pattern)
+    # The record changes before anything is unbound: `consumers tail` decides by the
+    # records whether an event reached a consumer (see `consumers.tail`).
     await channel.default_exchange.publish(
         aio_pika.Message(
             orjson.dumps(list(patterns)), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
@@ -122,4 +123,7 @@ async def sync_bindings(
     )
     for message in previous:
         await message.ack()
-    return tuple(sorted(bound_before - set(patterns)))
+    removed = tuple(sorted(bound_before - set(patterns)))
+    for pattern in removed:
+        await underlay.queue_unbind(queue.name, exchange, routing_key=pattern)
+    return removed

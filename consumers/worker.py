@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
+import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
@@ -58,7 +59,15 @@ MAX_REQUEUE_PAUSE = 60.0
 # Shutdown steps that talk to the broker get this long; without a link they cannot finish.
 SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# How soon a lost connection is made again (aio-pika's default is 5 s).
+RECONNECT_SECONDS = 1.0
 MAX_ERROR_MESSAGE = 1000
+# Refusals at start that no retry can change: the worker stops and says why.
+PERMANENT = (
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ConnectionNotAllowed,
+)
 
 
 class NoHandler(Exception):
@@ -103,27 +112,25 @@ class Worker:
         self.ready = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
-        metrics_server = None
-        if self._settings.metrics_port:
-            metrics_server = await serve_metrics(
-                self.metrics, "0.0.0.0", self._settings.metrics_port
-            )
+        """Run until `stop` is set; raises `SettingsError` if a set METRICS_PORT is taken."""
+        metrics = await serve_metrics(self.metrics, self._settings.metrics_port)
         try:
-            await self._run(stop)
+            await self._run(stop, metrics.url if metrics else None)
         finally:
-            if metrics_server is not None:
-                await metrics_server.cleanup()
+            if metrics is not None:
+                await metrics.runner.cleanup()
 
-    async def _run(self, stop: asyncio.Event) -> None:
+    async def _run(self, stop: asyncio.Event, metrics_url: str | None) -> None:
         connection = await self._connect(stop)
         if connection is None:
             return
         try:
-            self._publisher = await connection.channel(
-                publisher_confirms=True, on_return_raises=True
+            running = await self._start_all(connection, stop)
+            if running is None:
+                return
+            log.info(
+                "worker started", consumers=[r.consumer.name for r in running], metrics=metrics_url
             )
-            running = [await self._start(connection, consumer) for consumer in self._consumers]
-            log.info("worker started", consumers=[r.consumer.name for r in running])
             self.ready.set()
             await stop.wait()
             log.info("worker stopping", in_flight=len(self._in_flight))
@@ -142,7 +149,9 @@ class Worker:
         failures = 0
         while not stop.is_set():
             try:
-                return await aio_pika.connect_robust(self._settings.amqp_url.value)
+                return await aio_pika.connect_robust(
+                    self._settings.amqp_url.value, reconnect_interval=RECONNECT_SECONDS
+                )
             except (OSError, aio_pika.exceptions.AMQPError) as exc:
                 if failures == 0:
                     log.warning("broker unreachable; retrying", error=type(exc).__name__)
@@ -152,8 +161,59 @@ class Worker:
                     await asyncio.wait_for(stop.wait(), delay)
         return None
 
-    async def _start(self, connection: AbstractRobustConnection, consumer: Consumer) -> _Running:
+    async def _start_all(
+        self, connection: AbstractRobustConnection, stop: asyncio.Event
+    ) -> list[_Running] | None:
+        """Open the channels and declare every consumer's queues, retrying what may pass.
+
+        Replicas that start at the same instant on a new broker race to create the same
+        quorum queues, and the loser can get INTERNAL_ERROR (noproc) once: that, and any
+        lost connection, is retried. A refusal that cannot pass (inequivalent queue
+        arguments, no access) ends the worker.
+        """
+        failures = 0
+        while not stop.is_set():
+            opened: list[AbstractChannel] = []
+            try:
+                self._publisher = await connection.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                opened.append(self._publisher)
+                running = []
+                for consumer in self._consumers:
+                    running.append(await self._start(connection, consumer, opened))
+                return running
+            except PERMANENT:
+                raise
+            except (
+                aio_pika.exceptions.AMQPError,
+                # aiormq's word for a channel or connection that closed meanwhile.
+                RuntimeError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                _quietly(
+                    log.warning,
+                    "worker start failed; retrying",
+                    error_type=type(exc).__name__,
+                    error=safe_text(str(exc))[:300],
+                )
+                for channel in opened:
+                    await _bounded(channel.close(), "close the channel")
+                delay = backoff(CONNECT_DELAYS, failures)
+                failures += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    async def _start(
+        self,
+        connection: AbstractRobustConnection,
+        consumer: Consumer,
+        opened: list[AbstractChannel],
+    ) -> _Running:
         channel = await connection.channel()
+        opened.append(channel)
         await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
         queue = await declare_consumer_topology(channel, self._names, consumer)
         await rewrite(channel, self._names, add=dict([entry_for(self._names.prefix, consumer)]))
@@ -219,9 +279,9 @@ class Worker:
             running.handling -= 1
         seconds = time.perf_counter() - started
         self.metrics.handled(name, routing_key, outcome, seconds)
-        _quietly(
-            self._log.info, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2)
-        )
+        # Filtered messages are routine for a consumer of a few tenants: debug, not info.
+        method = self._log.debug if outcome == "filtered" else self._log.info
+        _quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
 
     async def _process(
         self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
@@ -243,14 +303,18 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
         )
-        handlers = running.consumer.handlers_for(routing_key)
+        routes = running.consumer.routes_for(routing_key)
+        taken = [route for route in routes if route.takes(event.tenant_id)]
+        if routes and not taken:  # no handler takes this tenant
+            await _settle(message.ack())
+            return "filtered"
         try:
-            if not handlers:
+            if not routes:
                 # During a rolling deploy another replica may know this pattern: retry.
                 name = running.consumer.name
                 raise NoHandler(f"no handler of {name!r} matches {routing_key!r}")
-            for handler in handlers:
-                await handler(event)
+            for route in taken:
+                await route.handler(event)
         except (Exception, asyncio.CancelledError) as failure:
             task = asyncio.current_task()
             if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():

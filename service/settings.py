@@ -219,8 +219,8 @@ class EnvReader:
             raise SettingsError(name, f"must be an integer {bounds}, got {value}")
         return value
 
-    def maybe_integer(self, name: str, *, low: int) -> int | None:
-        return None if self._raw(name) is None else self.integer(name, low, low=low)
+    def maybe_integer(self, name: str, *, low: int, high: int | None = None) -> int | None:
+        return None if self._raw(name) is None else self.integer(name, low, low=low, high=high)
 
     def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
         raw = self._raw(name)

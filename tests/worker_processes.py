@@ -58,13 +58,19 @@ async def start_worker(
             stdout=stderr,
         )
     worker = WorkerProcess(process, log)
-    async with asyncio.timeout(within):
-        # Substring, not JSON: the console format is started the same way.
-        while "worker started" not in worker.text():
-            if process.returncode is not None:
-                text = "\n".join(str(line) for line in worker.log_lines())
-                raise AssertionError(f"worker exited {process.returncode}: {text}")
-            await asyncio.sleep(0.05)
+    try:
+        async with asyncio.timeout(within):
+            # Substring, not JSON: the console format is started the same way.
+            while "worker started" not in worker.text():
+                if process.returncode is not None:
+                    text = "\n".join(str(line) for line in worker.log_lines())
+                    raise AssertionError(f"worker exited {process.returncode}: {text}")
+                await asyncio.sleep(0.05)
+    except BaseException:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        raise
     return worker
 
 

@@ -39,7 +39,10 @@ def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
         )
         for route in consumer.routes:
             handler = getattr(route.handler, "__qualname__", type(route.handler).__name__)
-            print(f"    {', '.join(route.patterns)}  ->  {handler}")
+            only = (
+                f"  tenants {', '.join(map(str, sorted(route.tenants)))}" if route.tenants else ""
+            )
+            print(f"    {', '.join(route.patterns)}{only}  ->  {handler}")
     try:
         on_bus = asyncio.run(_registered(settings))
     except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:

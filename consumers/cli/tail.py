@@ -1,0 +1,97 @@
+"""`consumers tail [PATTERN...]`: print each event as it is published, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+
+from consumers.patterns import normalize_pattern
+from consumers.settings import WorkerSettings
+from consumers.tail import Seen, Tail
+from service.bus import BusNames
+
+
+def add(commands: Any) -> None:
+    parser = commands.add_parser(
+        "tail", help="print events as they are published; takes nothing from any consumer"
+    )
+    parser.add_argument(
+        "patterns", nargs="*", metavar="PATTERN", help="event names or topic patterns (default #)"
+    )
+    parser.add_argument("--json", action="store_true", help="print each whole message as JSON")
+    parser.set_defaults(func=command)
+
+
+def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    patterns = tuple(normalize_pattern(p) for p in args.patterns) or ("#",)
+    asyncio.run(_tail(settings, patterns, as_json=args.json))
+    return 0
+
+
+def line(seen: Seen) -> str:
+    """One event as a line: time, event name, tenant, message id, routing key."""
+    message = seen.message
+    headers = message.headers or {}
+    tenant = headers.get("x-tenant-id")
+    when = headers.get("x-received-at") or datetime.now(UTC).isoformat(timespec="milliseconds")
+    name = headers.get("x-event-name") or message.type or "?"
+    parts = [
+        _text(when),
+        _text(name),
+        f"tenant={_text(tenant) if tenant is not None else '-'}",
+        f"id={message.message_id}",
+        message.routing_key or "",
+    ]
+    if seen.unrouted:
+        parts.append("(unrouted: no consumer is bound)")
+    return "  ".join(parts)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def whole(seen: Seen) -> str:
+    """One event as JSON: where it went, its properties, headers and body."""
+    message = seen.message
+    try:
+        body: object = orjson.loads(message.body)
+    except orjson.JSONDecodeError:
+        body = message.body.decode("utf-8", "replace")
+    return orjson.dumps(
+        {
+            "routing_key": message.routing_key,
+            "unrouted": seen.unrouted,
+            "message_id": message.message_id,
+            "type": message.type,
+            "timestamp": message.timestamp.isoformat() if message.timestamp else None,
+            "content_type": message.content_type,
+            "headers": message.headers or {},
+            "body": body,
+        },
+        default=str,
+    ).decode()
+
+
+async def _tail(settings: WorkerSettings, patterns: tuple[str, ...], *, as_json: bool) -> None:
+    render = whole if as_json else line
+
+    def show(seen: Seen) -> None:
+        print(render(seen), flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    connection = await aio_pika.connect(settings.amqp_url.value)
+    async with connection:
+        connection.close_callbacks.add(lambda *_: stop.set())
+        print(f"tailing {settings.bus_prefix}: {' '.join(patterns)} (Ctrl-C ends)", file=sys.stderr)
+        await Tail(connection, BusNames(settings.bus_prefix), show, patterns=patterns).run(stop)

@@ -1,0 +1,115 @@
+"""`consumers tail`: a live view that takes nothing from consumers and leaves nothing behind."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+
+import pytest
+
+from tests.receivers import base_env
+from tests.support import AMQP_URL, BusView
+from tests.worker_processes import SpawnWorker
+from tests.workers import talent_v1, talent_v2
+
+pytestmark = pytest.mark.rabbit
+
+
+class TailProcess:
+    """`python -m consumers tail ...` with its output read line by line."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def line(self, within: float = 10) -> str:
+        assert self.process.stdout is not None
+        raw = await asyncio.wait_for(self.process.stdout.readline(), within)
+        return raw.decode().rstrip("\n")
+
+    async def ready(self) -> None:
+        assert self.process.stderr is not None
+        started = await asyncio.wait_for(self.process.stderr.readline(), 15)
+        assert started.startswith(b"tailing "), started
+        await asyncio.sleep(0.3)  # its queues are bound just after it says so
+
+    async def stop(self, signum: int = signal.SIGINT) -> int:
+        self.process.send_signal(signum)
+        return await asyncio.wait_for(self.process.wait(), 15)
+
+
+async def tail(bus: BusView, *args: str) -> TailProcess:
+    env = base_env(AMQP_URL=AMQP_URL, BUS_PREFIX=bus.names.prefix, LOG_LEVEL="warning")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumers",
+        "tail",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    running = TailProcess(process)
+    await running.ready()
+    return running
+
+
+async def unrouted_ids(bus: BusView) -> list[str]:
+    return [str(m.message_id) for m in await bus.drain(await bus.queue(bus.names.unrouted))]
+
+
+async def test_tail_shows_every_event_and_takes_none(
+    bus: BusView, spawn_worker: SpawnWorker
+) -> None:
+    await spawn_worker("tests.workers.talent_v1", talent_v1.consumer, METRICS_PORT="0")
+    watching = await tail(bus)
+    routed = await bus.publish_event("talent_created", FrontOfficeTenantId=12)
+    unbound = await bus.publish_event("company_updated")
+    lines = [await watching.line(), await watching.line()]
+    by_id = {line.split("id=")[1].split()[0]: line for line in lines}
+    assert set(by_id) == {routed, unbound}
+    assert "talent_created  tenant=12" in by_id[routed]
+    assert "(unrouted" in by_id[unbound]
+    assert await watching.stop() == 0
+    assert await unrouted_ids(bus) == [unbound]  # the alternate exchange still kept it
+
+
+async def test_tail_filters_and_prints_json(bus: BusView) -> None:
+    await bus.declare()
+    watching = await tail(bus, "company_updated", "--json")
+    other = await bus.publish_event("talent_created")  # not shown: another pattern
+    wanted = await bus.publish_event("company_updated", Resource='{"Id": 7}')
+    shown = json.loads(await watching.line())
+    assert shown["message_id"] == wanted
+    assert shown["body"]["EventName"] == "company_updated"
+    assert shown["headers"]["x-event-name"] == "company_updated"
+    assert await watching.stop(signal.SIGTERM) == 0
+    assert await unrouted_ids(bus) == [other, wanted]  # no consumer here: both kept
+
+
+async def test_an_event_of_a_pattern_unbound_while_tailing_is_still_kept(
+    bus: BusView, spawn_worker: SpawnWorker
+) -> None:
+    first = await spawn_worker("tests.workers.talent_v1", talent_v1.consumer, METRICS_PORT="0")
+    watching = await tail(bus)  # binds talent.#, as the consumer's record says
+    await first.stop()
+    # The same consumer, redeployed with other patterns: it unbinds talent.#.
+    await spawn_worker("tests.workers.talent_v2", talent_v2.consumer, METRICS_PORT="0")
+    orphan = await bus.publish_event("talent_created")
+    assert orphan in await watching.line()
+    assert await watching.stop() == 0
+    assert await unrouted_ids(bus) == [orphan]  # kept in .unrouted, once
+
+
+async def test_a_killed_tail_leaves_no_queue(bus: BusView) -> None:
+    await bus.declare()
+    before = await bus.publish_event("company_updated")
+    watching = await tail(bus)
+    watching.process.kill()
+    await watching.process.wait()
+    await asyncio.sleep(0.5)
+    after = await bus.publish_event("company_updated")
+    # Had a tail queue outlived its connection, it would still hold this one.
+    assert await unrouted_ids(bus) == [before, after]
