@@ -39,6 +39,8 @@ from service.topology import declare_receiver_topology
 # A tail that falls this far behind drops its oldest copies, never the broker's memory.
 MAX_WAITING = 10_000
 BATCH_SECONDS = 0.2
+# How soon a consumer that starts binding patterns shows in the tail.
+REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,15 @@ class Tail:
     ) -> None:
         keeper = await channel.get_exchange(self._names.unrouted)
         while not stop.is_set():
-            batch = [await arrived.get()]
+            try:
+                first = await asyncio.wait_for(arrived.get(), REFRESH_SECONDS)
+            except TimeoutError:
+                # Consumers bound since show here too.
+                await self._follow_bindings(
+                    routed, await consumer_patterns(self._connection, self._names)
+                )
+                continue
+            batch = [first]
             await asyncio.sleep(BATCH_SECONDS)
             while not arrived.empty():
                 batch.append(arrived.get_nowait())

@@ -113,3 +113,16 @@ async def test_a_killed_tail_leaves_no_queue(bus: BusView) -> None:
     after = await bus.publish_event("company_updated")
     # Had a tail queue outlived its connection, it would still hold this one.
     assert await unrouted_ids(bus) == [before, after]
+
+
+async def test_events_of_a_consumer_started_after_the_tail_show(
+    bus: BusView, spawn_worker: SpawnWorker
+) -> None:
+    await bus.declare()
+    watching = await tail(bus)
+    await spawn_worker("tests.workers.talent_v1", talent_v1.consumer, METRICS_PORT="0")
+    await asyncio.sleep(2.5)  # the tail follows the consumers' records every 2 s
+    routed = await bus.publish_event("talent_created")
+    assert routed in await watching.line()
+    assert await watching.stop() == 0
+    assert await unrouted_ids(bus) == []
