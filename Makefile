@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest faults bench rabbitmq venv clean
+.PHONY: run test lint typecheck pytest faults bench rabbitmq postgres venv clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,10 @@ $(STAMP): pyproject.toml constraints.txt
 rabbitmq:
 	@deploy/local/ensure-rabbitmq "$${AMQP_URL:-}"
 
-run: venv rabbitmq
+postgres:
+	@deploy/local/ensure-postgres --optional "$${DEDUPE_DATABASE_URL:-}"
+
+run: venv rabbitmq postgres
 	@VENV=$(VENV) deploy/local/run-dev
 
 test: lint typecheck pytest
@@ -33,6 +36,7 @@ typecheck: venv
 
 pytest: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
 	$(BIN)/pytest
 
 faults: venv
@@ -41,6 +45,7 @@ faults: venv
 
 bench: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
 	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq wrk >/dev/null; } \
 		|| echo "wrk is not installed; using the built-in load generator"
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'

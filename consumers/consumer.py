@@ -6,7 +6,7 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from consumers.errors import RegistrationError
 from consumers.event import Event
@@ -17,6 +17,7 @@ H = TypeVar("H", bound=Handler)
 
 DEFAULT_RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0, 1800.0)
 DEFAULT_CONCURRENCY = 16
+Dedupe = bool | Literal["optional"]
 # The receiver's own queues live beside the consumers' under the same prefix.
 RESERVED_NAMES = frozenset({"events", "unrouted", "invalid"})
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
@@ -51,7 +52,10 @@ class Consumer:
         *,
         retry_delays: Sequence[float] = DEFAULT_RETRY_DELAYS,
         concurrency: int = DEFAULT_CONCURRENCY,
+        dedupe: Dedupe = False,
     ) -> None:
+        """`dedupe=True` runs handlers once per message id across replicas (PostgreSQL at
+        DEDUPE_DATABASE_URL, required); `dedupe="optional"` does so when it is set."""
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise RegistrationError(
                 f"consumer name {name!r} must be 1-63 lower-case letters, digits, '-' or '_'"
@@ -69,6 +73,10 @@ class Consumer:
             )
         if not isinstance(concurrency, int) or concurrency < 1:
             raise RegistrationError(f"consumer {name!r}: concurrency must be at least 1")
+        if dedupe not in (True, False, "optional"):
+            raise RegistrationError(
+                f"consumer {name!r}: dedupe must be True, False or 'optional', got {dedupe!r}"
+            )
         self.name = name
         # The module that made it, so that a module importing another's consumer
         # does not run it a second time (`loader.consumers_in`).
@@ -78,6 +86,7 @@ class Consumer:
         )
         self.retry_delays: tuple[float, ...] = delays
         self.concurrency = concurrency
+        self.dedupe: Dedupe = dedupe
         self.routes: list[Route] = []
         self._routes_by_key: dict[str, tuple[Route, ...]] = {}
 

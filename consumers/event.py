@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import orjson
@@ -12,6 +13,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp.common import FieldTable
 
 from service.envelope import Envelope, body_digest
+
+if TYPE_CHECKING:
+    from consumers.dedupe import Claim, Connection
 
 ATTEMPT = "x-attempt"
 ROUTING_KEY = "x-routing-key"
@@ -34,6 +38,19 @@ class Event:
     received_at: datetime
     attempt: int
     redelivered: bool
+    claim: Claim | None = field(default=None, repr=False, compare=False)
+
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        """A PostgreSQL transaction that also records this message as handled, atomically.
+
+        Only for a consumer with dedupe on: what the handler writes in it commits
+        exactly when the record does, so a redelivery finds it done and runs nothing.
+        """
+        if self.claim is None:
+            raise RuntimeError(
+                "event.transaction() needs a consumer with dedupe on and DEDUPE_DATABASE_URL set"
+            )
+        return self.claim.store.transaction(self.claim)
 
 
 def parse_resource(value: object) -> dict[str, Any] | None:
@@ -101,7 +118,11 @@ def _received_at(message: AbstractIncomingMessage) -> datetime:
 
 
 def event_from(
-    message: AbstractIncomingMessage, envelope: Envelope, routing_key: str, attempt: int
+    message: AbstractIncomingMessage,
+    envelope: Envelope,
+    routing_key: str,
+    attempt: int,
+    claim: Claim | None = None,
 ) -> Event:
     """Build the `Event` for a delivered message whose body parsed as `envelope`.
 
@@ -119,4 +140,5 @@ def event_from(
         received_at=_received_at(message),
         attempt=attempt,
         redelivered=bool(message.redelivered),
+        claim=claim,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from yarl import URL
+
 from service.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -24,12 +26,24 @@ class WorkerSettings:
     shutdown_timeout: float = 30.0
     # None: 9100, or a free port when another worker on the host has 9100 (`metrics`).
     metrics_port: int | None = None
+    dedupe_database_url: Secret | None = None
+    dedupe_lease: float = 30.0
+    dedupe_retention: float = 7 * 24 * 3600.0
     log_level: str = "info"
     log_format: str = "auto"
 
     def secret_values(self) -> tuple[str, ...]:
-        """The broker password, for masking in logs."""
-        return url_passwords(self.amqp_url.value)
+        """The broker's and the dedupe database's passwords, for masking in logs."""
+        database = self.dedupe_database_url
+        return (
+            *url_passwords(self.amqp_url.value),
+            *(url_passwords(database.value) if database else ()),
+        )
+
+    @property
+    def vhost(self) -> str:
+        """The broker's virtual host, as in AMQP_URL (`/` when it names none)."""
+        return URL(self.amqp_url.value).path.removeprefix("/") or "/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
@@ -40,6 +54,11 @@ class WorkerSettings:
             bus_prefix=env.prefix("BUS_PREFIX", cls.bus_prefix),
             shutdown_timeout=env.seconds("SHUTDOWN_TIMEOUT", cls.shutdown_timeout),
             metrics_port=env.maybe_integer("METRICS_PORT", low=0, high=65535),
+            dedupe_database_url=env.database_url("DEDUPE_DATABASE_URL"),
+            dedupe_lease=env.seconds("DEDUPE_LEASE", cls.dedupe_lease),
+            dedupe_retention=env.seconds(
+                "DEDUPE_RETENTION", cls.dedupe_retention, high=365 * 24 * 3600
+            ),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
         )

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
@@ -27,16 +27,17 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
-from consumers.consumer import Consumer, check_unique
-from consumers.errors import Reject
+from consumers.consumer import Consumer, Route, check_unique
+from consumers.dedupe import Claim, Patience, open_store
 from consumers.event import (
     ATTEMPT,
-    ROUTING_KEY,
+    Event,
     attempt_of,
     copy_of,
     event_from,
     routing_key_of,
 )
+from consumers.failures import NoHandler, failure_headers, rejection, requeue_pause
 from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.registry import entry_for, rewrite
 from consumers.settings import WorkerSettings
@@ -46,22 +47,19 @@ from service.confirms import OnePerId
 from service.envelope import body_digest, parse
 from service.errors import InvalidEnvelope
 from service.logs import bound_logger
+from service.supervise import keep_running
+from service.supervise import stop as stop_task
 from service.text import safe_text
-from service.timing import backoff, iso_utc
+from service.timing import backoff
 
 log = structlog.get_logger("consumers.worker")
 
 FORWARD_TIMEOUT = 10.0
-# Pause before handing a message back when the broker would not take its copy, doubling
-# with each redelivery up to a minute, so a lasting broker fault never becomes a hot loop.
-REQUEUE_PAUSE = 2.0
-MAX_REQUEUE_PAUSE = 60.0
 # Shutdown steps that talk to the broker get this long; without a link they cannot finish.
 SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 # How soon a lost connection is made again (aio-pika's default is 5 s).
 RECONNECT_SECONDS = 1.0
-MAX_ERROR_MESSAGE = 1000
 # Refusals at start that no retry can change: the worker stops and says why.
 PERMANENT = (
     aiormq.exceptions.ChannelPreconditionFailed,
@@ -70,22 +68,15 @@ PERMANENT = (
 )
 
 
-class NoHandler(Exception):
-    """No handler of the consumer matches the message's routing key any more."""
-
-
 @dataclass(slots=True)
 class _Running:
     consumer: Consumer
     queues: ConsumerQueues
     channel: AbstractChannel
     queue: AbstractQueue
+    once: Patience | None = None  # the dedupe store, for a consumer with dedupe on
     tag: str = ""
     handling: int = 0
-
-
-def _now() -> str:
-    return iso_utc(datetime.now(UTC))
 
 
 class Worker:
@@ -110,15 +101,30 @@ class Worker:
         self.metrics = WorkerMetrics()
         self._log = bound_logger("consumers.worker")
         self.ready = asyncio.Event()
+        self._once: Patience | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; raises `SettingsError` if a set METRICS_PORT is taken."""
-        metrics = await serve_metrics(self.metrics, self._settings.metrics_port)
+        """Run until `stop` is set.
+
+        Raises `SettingsError` if a set METRICS_PORT is taken or a consumer needs
+        DEDUPE_DATABASE_URL, and `StoreUnreachable` if that database cannot be used.
+        """
+        store = await open_store(self._consumers, self._settings)
+        pruning = None
+        if store is not None:
+            self._once = Patience(store)
+            pruning = keep_running("dedupe-pruner", store.prune_forever)
         try:
-            await self._run(stop, metrics.url if metrics else None)
+            metrics = await serve_metrics(self.metrics, self._settings.metrics_port)
+            try:
+                await self._run(stop, metrics.url if metrics else None)
+            finally:
+                if metrics is not None:
+                    await metrics.runner.cleanup()
         finally:
-            if metrics is not None:
-                await metrics.runner.cleanup()
+            await stop_task(pruning)
+            if store is not None:
+                await store.close()
 
     async def _run(self, stop: asyncio.Event, metrics_url: str | None) -> None:
         connection = await self._connect(stop)
@@ -218,7 +224,8 @@ class Worker:
         queue = await declare_consumer_topology(channel, self._names, consumer)
         await rewrite(channel, self._names, add=dict([entry_for(self._names.prefix, consumer)]))
         queues = ConsumerQueues(self._names.prefix, consumer.name)
-        running = _Running(consumer, queues, channel, queue)
+        once = self._once if consumer.dedupe else None
+        running = _Running(consumer, queues, channel, queue, once)
         # Read when scraped, so counting a message costs no lock.
         self.metrics.in_flight.labels(consumer.name).set_function(lambda: running.handling)
 
@@ -270,7 +277,7 @@ class Worker:
             # A fault of the runtime, not of the handler: never leave the message stranded.
             outcome = "ok"
             if not message.processed:
-                await asyncio.sleep(_requeue_pause(message))
+                await asyncio.sleep(requeue_pause(message))
                 await _settle(message.nack(requeue=True))
                 outcome = "requeued"
             _quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
@@ -308,35 +315,73 @@ class Worker:
         if routes and not taken:  # no handler takes this tenant
             await _settle(message.ack())
             return "filtered"
+        claim = None
+        if running.once is not None and taken:
+            claim = await running.once.claim(running.consumer.name, message_id)
+            if claim is None:  # a handling of this id succeeded already
+                await _settle(message.ack())
+                return "duplicate"
+            event = dataclasses.replace(event, claim=claim)
+        failure = await self._call(running, event, taken, claim)
+        if failure is None:
+            if running.once is not None and claim is not None and not claim.done:
+                await running.once.finish(claim)
+            await _settle(message.ack())
+            return "ok"
+        return await self._failed(running, message, message_id, routing_key, attempt, failure)
+
+    async def _call(
+        self, running: _Running, event: Event, taken: list[Route], claim: Claim | None
+    ) -> BaseException | None:
+        """Run the handlers; return what one raised, or None. A failed claim is released."""
+        keeping = None
+        if running.once is not None and claim is not None:
+            keeping = asyncio.create_task(running.once.keep(claim))
         try:
-            if not routes:
+            if not taken:
                 # During a rolling deploy another replica may know this pattern: retry.
                 name = running.consumer.name
-                raise NoHandler(f"no handler of {name!r} matches {routing_key!r}")
+                raise NoHandler(f"no handler of {name!r} matches {event.routing_key!r}")
             for route in taken:
                 await route.handler(event)
         except (Exception, asyncio.CancelledError) as failure:
             task = asyncio.current_task()
             if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
                 raise  # the worker itself is cancelling the handler
-            if rejected := _rejection(failure):
-                return await self._dead(
-                    running, message, message_id, routing_key, attempt, rejected, "rejected"
-                )
-            error_type = type(failure).__name__
-            _quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
-            delays = running.consumer.retry_delays
-            if attempt > len(delays):
-                return await self._dead(
-                    running, message, message_id, routing_key, attempt, failure, "dead"
-                )
-            extra = _failure(running, message, routing_key, attempt, failure)
-            extra[ATTEMPT] = attempt + 1
-            target = running.queues.retry(delays[attempt - 1])
-            forwarded = await self._forward(message, message_id, target, extra)
-            return "retried" if forwarded else "requeued"
-        await _settle(message.ack())
-        return "ok"
+            if running.once is not None and claim is not None:
+                await running.once.release(claim)
+            return failure
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+        return None
+
+    async def _failed(
+        self,
+        running: _Running,
+        message: AbstractIncomingMessage,
+        message_id: str,
+        routing_key: str,
+        attempt: int,
+        failure: BaseException,
+    ) -> str:
+        """Retry the message, or dead-letter it: after the last attempt, or on `Reject`."""
+        if rejected := rejection(failure):
+            return await self._dead(
+                running, message, message_id, routing_key, attempt, rejected, "rejected"
+            )
+        error_type = type(failure).__name__
+        _quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
+        delays = running.consumer.retry_delays
+        if attempt > len(delays):
+            return await self._dead(
+                running, message, message_id, routing_key, attempt, failure, "dead"
+            )
+        extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
+        extra[ATTEMPT] = attempt + 1
+        target = running.queues.retry(delays[attempt - 1])
+        forwarded = await self._forward(message, message_id, target, extra)
+        return "retried" if forwarded else "requeued"
 
     async def _dead(
         self,
@@ -348,7 +393,7 @@ class Worker:
         failure: BaseException,
         outcome: str,
     ) -> str:
-        extra = _failure(running, message, routing_key, attempt, failure)
+        extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
         forwarded = await self._forward(message, message_id, running.queues.dead, extra)
         return outcome if forwarded else "requeued"
 
@@ -371,7 +416,7 @@ class Worker:
                 finally:
                     self._one_per_id.release(message_id, mine)
         except Exception as exc:
-            await asyncio.sleep(_requeue_pause(message))
+            await asyncio.sleep(requeue_pause(message))
             await _settle(message.nack(requeue=True))
             _quietly(
                 log.error,
@@ -384,54 +429,10 @@ class Worker:
         return True
 
 
-def _failure(
-    running: _Running,
-    message: AbstractIncomingMessage,
-    routing_key: str,
-    attempt: int,
-    failure: BaseException,
-) -> FieldTable:
-    now = _now()
-    first = (message.headers or {}).get("x-first-failure-at")
-    return {
-        "x-consumer": running.consumer.name,
-        ROUTING_KEY: routing_key,
-        "x-error-type": safe_text(type(failure).__name__),
-        "x-error-message": safe_text(_describe(failure)[:MAX_ERROR_MESSAGE]),
-        "x-attempts": attempt,
-        "x-first-failure-at": first if isinstance(first, str) else now,
-        "x-last-failure-at": now,
-    }
-
-
-def _describe(failure: BaseException) -> str:
-    try:
-        return str(failure)
-    except Exception:  # an exception whose __str__ raises still gets its letter
-        return f"<{type(failure).__name__} with an unprintable message>"
-
-
-def _rejection(failure: BaseException) -> Reject | None:
-    """The `Reject` in `failure`: itself, or the first one raised in a (nested) task group."""
-    if isinstance(failure, Reject):
-        return failure
-    if isinstance(failure, BaseExceptionGroup):
-        for inner in failure.exceptions:
-            if (found := _rejection(inner)) is not None:
-                return found
-    return None
-
-
 def _quietly(method: Callable[..., Any], event: str, **fields: Any) -> None:
     """Log, but never let a failing log call decide a message's fate."""
     with contextlib.suppress(Exception):  # there is nowhere left to report it
         method(event, **fields)
-
-
-def _requeue_pause(message: AbstractIncomingMessage) -> float:
-    count = (message.headers or {}).get("x-delivery-count")
-    redeliveries = count if isinstance(count, int) and not isinstance(count, bool) else 0
-    return float(min(REQUEUE_PAUSE * 2 ** min(redeliveries, 5), MAX_REQUEUE_PAUSE))
 
 
 async def _bounded(step: Awaitable[object], what: str) -> None:

@@ -222,7 +222,22 @@ class EnvReader:
     def maybe_integer(self, name: str, *, low: int, high: int | None = None) -> int | None:
         return None if self._raw(name) is None else self.integer(name, low, low=low, high=high)
 
-    def seconds(self, name: str, default: float, *, allow_zero: bool = False) -> float:
+    def database_url(self, name: str) -> Secret | None:
+        """A PostgreSQL URL (a secret, also from `NAME_FILE`), or None when unset."""
+        raw = self._secret_raw(name)
+        if raw is None:
+            return None
+        try:
+            url = URL(raw)
+        except (TypeError, ValueError):
+            raise SettingsError(name, "is not a valid URL") from None
+        if url.scheme not in ("postgresql", "postgres") or not url.host:
+            raise SettingsError(name, "must be a postgresql:// URL with a host")
+        return Secret(raw)
+
+    def seconds(
+        self, name: str, default: float, *, allow_zero: bool = False, high: float = 3600
+    ) -> float:
         raw = self._raw(name)
         if raw is None:
             return default
@@ -231,9 +246,9 @@ class EnvReader:
         except ValueError:
             raise SettingsError(name, f"must be a number of seconds, got {raw!r}") from None
         above_floor = value >= 0 if allow_zero else value > 0
-        if not above_floor or not value <= 3600:  # written so that NaN fails too
+        if not above_floor or not value <= high:  # written so that NaN fails too
             least = "at least 0" if allow_zero else "more than 0"
-            raise SettingsError(name, f"must be {least} and at most 3600 seconds, got {raw}")
+            raise SettingsError(name, f"must be {least} and at most {high:g} seconds, got {raw}")
         return value
 
     def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:

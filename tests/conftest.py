@@ -22,6 +22,7 @@ from consumers.worker import Worker
 from service.app import create_app
 from service.logs import configure_logging
 from service.settings import Secret
+from tests.databases import own_database
 from tests.receivers import Receiver, SpawnReceiver, base_env, free_port, readyz
 from tests.support import (
     AMQP_URL,
@@ -93,6 +94,13 @@ def broker_reachable() -> None:
         )
 
 
+@pytest.fixture(scope="session")
+def dedupe_database() -> Iterator[str]:
+    """The URL of a PostgreSQL database of this run's own; fails, never skips, without one."""
+    with own_database() as url:
+        yield url
+
+
 @pytest.fixture
 async def proxy(broker_reachable: None) -> AsyncIterator[TcpProxy]:
     """A TCP proxy in front of the test broker; `proxy.url_for(AMQP_URL)` goes through it."""
@@ -156,6 +164,7 @@ async def run_worker(bus: BusView) -> AsyncIterator[WorkerFactory]:
         amqp_url: str = AMQP_URL,
         concurrency: int | None = None,
         metrics_port: int = 0,
+        dedupe_url: str | None = None,
     ) -> RunningWorker:
         for consumer in consumers:
             bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
@@ -164,6 +173,7 @@ async def run_worker(bus: BusView) -> AsyncIterator[WorkerFactory]:
             bus_prefix=bus.names.prefix,
             shutdown_timeout=5.0,
             metrics_port=metrics_port,
+            dedupe_database_url=Secret(dedupe_url) if dedupe_url else None,
         )
         worker = Worker(consumers, settings, concurrency=concurrency)
         stop = asyncio.Event()

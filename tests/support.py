@@ -31,7 +31,14 @@ API_KEYS = ("test-api-key-Alpha-7f3c", "test-api-key-Bravo-19ad")
 SHARED_SECRETS = ("test-shared-Secret-Charlie-5be1", "test-shared-Secret-Delta-0c44")
 ALL_SECRETS = (*API_KEYS, *SHARED_SECRETS)
 # Every credential any test configures; the suite's logs are searched for each.
-SCANNED_SECRETS = (*ALL_SECRETS, "k-31337", "s-31337", "broker-pw-31337", "api-key-31337")
+SCANNED_SECRETS = (
+    *ALL_SECRETS,
+    "k-31337",
+    "s-31337",
+    "broker-pw-31337",
+    "api-key-31337",
+    "dedupe-pw-31337",
+)
 
 AUTH_METHODS = ("api_key", "shared_secret", "hmac_hex", "hmac_base64")
 

@@ -76,13 +76,30 @@ def kustomization(directory: Path) -> Doc:
     return docs[0]
 
 
+def included(directory: Path) -> list[str]:
+    """What a kustomization takes in: its resources, then its components."""
+    spec = kustomization(directory)
+    return [*spec.get("resources", []), *spec.get("components", [])]
+
+
 def resource_files(directory: Path) -> list[Path]:
     """Every manifest file a kustomization includes, following directories it lists."""
     files: list[Path] = []
-    for entry in kustomization(directory).get("resources", []):
+    for entry in included(directory):
         path = (directory / entry).resolve()
         files.extend(resource_files(path) if path.is_dir() else [path])
     return files
+
+
+def component_dirs(directory: Path) -> list[Path]:
+    found = []
+    for entry in included(directory):
+        path = (directory / entry).resolve()
+        if path.is_dir():
+            if kustomization(path)["kind"] == "Component":
+                found.append(path)
+            found.extend(component_dirs(path))
+    return found
 
 
 def patch_files(directory: Path) -> list[Path]:
@@ -91,7 +108,7 @@ def patch_files(directory: Path) -> list[Path]:
         for patch in kustomization(directory).get("patches", [])
         if "path" in patch
     ]
-    for entry in kustomization(directory).get("resources", []):
+    for entry in included(directory):
         path = (directory / entry).resolve()
         if path.is_dir():
             found.extend(patch_files(path))
@@ -412,7 +429,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
     raw = compose()
     doc = interpolate(raw, env_example())
     services = doc["services"]
-    assert set(services) == {"rabbitmq", "receiver", "audit-log", "placement-sync"}
+    assert set(services) == {"rabbitmq", "postgres", "receiver", "audit-log", "placement-sync"}
     named_volumes = set(doc["volumes"])
 
     def named_volume_at(service: Doc, path: str) -> str:
@@ -423,13 +440,18 @@ def test_compose_services_volumes_and_health_checks() -> None:
                 return source
         raise AssertionError(f"no volume at {path}")
 
+    postgres = services["postgres"]
+    assert postgres["profiles"] == ["dedupe"], "PostgreSQL is optional"
+    assert "pg_isready" in postgres["healthcheck"]["test"]
+    named_volume_at(postgres, "/var/lib/postgresql/data")
+
     rabbitmq = services["rabbitmq"]
     assert rabbitmq["image"] == "rabbitmq:3.13-management"
     assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
     named_volume_at(rabbitmq, "/var/lib/rabbitmq")
     assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"] == env_example()["RABBITMQ_PASSWORD"]
 
-    relay = {name: s for name, s in services.items() if name != "rabbitmq"}
+    relay = {name: s for name, s in services.items() if name not in ("rabbitmq", "postgres")}
     for name, service in relay.items():
         build = service["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
@@ -488,6 +510,7 @@ def test_every_manifest_is_part_of_a_kustomization() -> None:
     listed = {K8S / "overlays" / o.name / "kustomization.yaml" for o in OVERLAYS}
     listed |= {BASE / "kustomization.yaml", *all_manifest_files()}
     listed |= {p for d in [BASE, *OVERLAYS] for p in patch_files(d)}
+    listed |= {c / "kustomization.yaml" for d in OVERLAYS for c in component_dirs(d)}
     on_disk = {p.resolve() for p in K8S.rglob("*.yaml")}
     assert on_disk - {p.resolve() for p in listed} == set()
     assert OVERLAYS, "at least the example overlay"
@@ -508,7 +531,10 @@ def test_kustomization_entries_exist(directory: Path) -> None:
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_overlay_patches_target_existing_resources(overlay: Path) -> None:
-    docs = [doc for path in resource_files(overlay) for doc in load_docs(path)]
+    components = {p for c in component_dirs(overlay) for p in resource_files(c)}
+    docs = [
+        doc for path in resource_files(overlay) if path not in components for doc in load_docs(path)
+    ]
     present = {(doc["kind"], doc["metadata"]["name"]): doc for doc in docs}
     for patch in kustomization(overlay).get("patches", []):
         if "path" in patch:
@@ -841,7 +867,9 @@ def check_worker(docs: list[Doc], deployment: Doc) -> None:
     assert "SHUTDOWN_TIMEOUT" in env, f"{name}: set SHUTDOWN_TIMEOUT"
     steps = (2 * len(modules) + 1) * WORKER_BROKER_STEP
     assert spec["terminationGracePeriodSeconds"] > timeout + steps, name
-    check_secret_files(docs, deployment, ("AMQP_URL_FILE",))
+    files = tuple(variable for variable in env if variable.endswith("_FILE"))
+    assert "AMQP_URL_FILE" in files, f"{name}: AMQP_URL_FILE is not set"
+    check_secret_files(docs, deployment, files)
 
     # One consumer per Deployment, named like it; its queue is {BUS_PREFIX}.{name}.
     assert len(modules) == 1, f"{name}: one consumer per Deployment, scaled on its queue"

@@ -55,12 +55,14 @@ class FakeAvionte:
 
 
 async def test_placement_sync_fetches_once_per_message_and_rejects_what_it_cannot_use(
-    bus: BusView, run_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+    bus: BusView,
+    run_worker: WorkerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    dedupe_database: str,
 ) -> None:
     fake = FakeAvionte()
     monkeypatch.setattr(placement_sync.sync, "client", fake)
-    monkeypatch.setattr(placement_sync.sync, "seen", placement_sync.SeenMessages())
-    await run_worker(placement_sync.consumer, concurrency=1)
+    await run_worker(placement_sync.consumer, concurrency=1, dedupe_url=dedupe_database)
 
     resource = json.dumps({"PlacementId": 86635, "PlacementExtensionId": 86635})
     await bus.publish_event("placement_updated", CorrelationId="p-1", Resource=resource)
@@ -105,3 +107,18 @@ async def test_audit_log_writes_every_event_the_receiver_accepted(
     assert lines["pretty-1"]["payload"] == json.loads(pretty)  # one line, though sent on six
     dead = await bus.queue(ConsumerQueues(bus.names.prefix, "audit-log").dead)
     assert dead.declaration_result.message_count == 0
+
+
+async def test_placement_sync_without_a_dedupe_store_runs_every_delivery(
+    bus: BusView, run_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeAvionte()
+    monkeypatch.setattr(placement_sync.sync, "client", fake)
+    await run_worker(placement_sync.consumer, concurrency=1)
+    resource = json.dumps({"PlacementId": 7})
+    for _ in range(2):
+        await bus.publish_event("placement_updated", CorrelationId="twice", Resource=resource)
+    async with asyncio.timeout(10):
+        while len(fake.calls) < 2:
+            await asyncio.sleep(0.05)
+    assert fake.calls == [(6, 7), (6, 7)]  # at least once: the handler must be idempotent

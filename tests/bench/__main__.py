@@ -19,7 +19,7 @@ import uvloop
 from tests.bench.processes import CHILDREN, run_json, settle
 from tests.bench.receiver import SECONDS, end_to_end, purge, receiver_points, stubbed_point
 from tests.bench.report import TARGETS, plot, table
-from tests.bench.workers import cleanup, workers
+from tests.bench.workers import cleanup, dedupe_cost, workers
 from tests.receivers import base_env
 from tests.support import AMQP_URL
 
@@ -51,6 +51,8 @@ async def main() -> None:
         e2e = await end_to_end(prefix, base, workdir)
         print("workers ...", flush=True)
         worker, worker_rss = await workers(prefix, workdir)
+        print("workers with dedupe ...", flush=True)
+        dedupe = await dedupe_cost(prefix, workdir)
     finally:
         # Children first: a worker still running would declare its queues again.
         for child in CHILDREN:
@@ -79,6 +81,7 @@ async def main() -> None:
         "sum_of_halves": top["cpu_us"] / (stubbed["cpu_us"] + path["cpu_us"]),
         "end_to_end": e2e,
         **worker,
+        "dedupe": dedupe,
         "receiver_rss_mib": receiver_rss,
         "worker_rss_mib": worker_rss,
         "targets": {

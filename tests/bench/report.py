@@ -76,6 +76,23 @@ def table(result: dict[str, Any]) -> str:
             "LOG_LEVEL=info",
         )
     )
+    dedupe = result.get("dedupe")
+    if dedupe:
+        rows.append(
+            (
+                "worker, distinct ids, no dedupe",
+                f"{dedupe['plain_per_second']:.0f} msg/s",
+                f"CPU {dedupe['plain_cpu_us']:.0f} us/msg",
+            )
+        )
+        rows.append(
+            (
+                "worker, dedupe=True (PostgreSQL)",
+                f"{dedupe['dedupe_per_second']:.0f} msg/s",
+                f"CPU {dedupe['dedupe_cpu_us']:.0f} us/msg; "
+                f"+{dedupe['dedupe_extra_wall_us']:.0f} us/msg of wall time",
+            )
+        )
     rows.append(
         (
             "peak RSS",

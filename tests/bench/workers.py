@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
+from aiormq import spec
 
 from consumers import Consumer
 from consumers.topology import ConsumerQueues, declare_consumer_topology
@@ -17,8 +18,10 @@ from service.auth import AuthMethod
 from service.bus import BusNames, Receipt, event_message
 from service.envelope import parse
 from tests.bench.noop import noop
+from tests.bench.noop_dedupe import noop_dedupe
 from tests.bench.processes import peak_rss_mib, run_json, settle, start, wait_for
 from tests.bench.timed import timed
+from tests.databases import own_database_async
 from tests.receivers import base_env
 from tests.support import AMQP_URL, fixture_bodies, open_bus
 
@@ -28,18 +31,29 @@ WORKER_MESSAGES = 10_000
 WORKER_ROUNDS = 5
 
 
-async def prefill(prefix: str, count: int) -> str:
-    """Declare the no-op consumer's queues and fill its queue with `count` events."""
+async def prefill(
+    prefix: str, count: int, consumer: Consumer = noop, *, distinct: bool = False
+) -> str:
+    """Declare `consumer`'s queues and fill its queue with `count` events.
+
+    With `distinct`, each event has a message id of its own, as dedupe needs to do work.
+    """
     names = BusNames(prefix)
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        queue = await declare_consumer_topology(channel, names, noop)
+        queue = await declare_consumer_topology(channel, names, consumer)
         underlay = await channel.get_underlay_channel()
         body = fixture_bodies()["placement_updated"]
         # Shaped as the receiver shapes them, headers included: the worker decodes those.
         receipt = Receipt(str(uuid.uuid4()), AuthMethod.API_KEY, datetime.now(UTC))
         properties = event_message(names, parse(body), body, receipt).properties
+
+        def shaped() -> spec.Basic.Properties:
+            if not distinct:
+                return properties
+            return replace_id(properties, str(uuid.uuid4()))
+
         for start_at in range(0, count, 500):
             await asyncio.gather(
                 *(
@@ -47,7 +61,7 @@ async def prefill(prefix: str, count: int) -> str:
                         body,
                         exchange=names.events,
                         routing_key="placement.updated",
-                        properties=properties,
+                        properties=shaped(),
                     )
                     for _ in range(min(500, count - start_at))
                 )
@@ -55,9 +69,29 @@ async def prefill(prefix: str, count: int) -> str:
         return queue.name
 
 
-async def noop_worker(prefix: str, workdir: Path, level: str) -> dict[str, float]:
+def replace_id(properties: spec.Basic.Properties, message_id: str) -> spec.Basic.Properties:
+    return spec.Basic.Properties(
+        content_type=properties.content_type,
+        delivery_mode=properties.delivery_mode,
+        message_id=message_id,
+        message_type=properties.message_type,
+        timestamp=properties.timestamp,
+        headers=properties.headers,
+    )
+
+
+async def noop_worker(
+    prefix: str,
+    workdir: Path,
+    level: str,
+    *,
+    module: str = "tests.bench.noop",
+    consumer: Consumer = noop,
+    distinct: bool = False,
+    **extra: str,
+) -> dict[str, float]:
     """One worker process drains WORKER_MESSAGES with the no-op handler."""
-    await prefill(prefix, WORKER_MESSAGES)
+    await prefill(prefix, WORKER_MESSAGES, consumer, distinct=distinct)
     await settle()
     done = workdir / f"noop-done-{level}.txt"
     done.unlink(missing_ok=True)
@@ -68,10 +102,9 @@ async def noop_worker(prefix: str, workdir: Path, level: str) -> dict[str, float
         METRICS_PORT="0",
         BENCH_COUNT=str(WORKER_MESSAGES),
         BENCH_DONE=str(done),
+        **extra,
     )
-    worker = await start(
-        ["-m", "consumers", "run", "tests.bench.noop"], env, workdir / f"noop-{level}.log"
-    )
+    worker = await start(["-m", "consumers", "run", module], env, workdir / f"noop-{level}.log")
     await wait_for(done.exists, within=300)
     counted, wall, cpu = (float(value) for value in done.read_text().split())
     rss = peak_rss_mib(worker.pid)
@@ -121,6 +154,43 @@ async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
     return result, max(run["rss_mib"] for run in [*worker_runs, logged])
 
 
+DEDUPE_ROUNDS = 3
+
+
+async def dedupe_cost(prefix: str, workdir: Path) -> dict[str, Any]:
+    """The no-op consumer with dedupe on against the same without, every id distinct.
+
+    Alternated rounds, best of DEDUPE_ROUNDS each, on a PostgreSQL database of its own.
+    """
+    plain_runs, dedupe_runs = [], []
+    # Each on a prefix of its own: both consumers bind `#`, and each must see only its own.
+    async with own_database_async() as url:
+        for _ in range(DEDUPE_ROUNDS):
+            plain_runs.append(
+                await noop_worker(f"{prefix}-plain", workdir, "warning", distinct=True)
+            )
+            dedupe_runs.append(
+                await noop_worker(
+                    f"{prefix}-dedupe",
+                    workdir,
+                    "warning",
+                    module="tests.bench.noop_dedupe",
+                    consumer=noop_dedupe,
+                    distinct=True,
+                    DEDUPE_DATABASE_URL=url,
+                )
+            )
+    plain = max(plain_runs, key=lambda run: run["per_second"])
+    dedupe = max(dedupe_runs, key=lambda run: run["per_second"])
+    return {
+        "plain_per_second": plain["per_second"],
+        "dedupe_per_second": dedupe["per_second"],
+        "plain_cpu_us": min(run["cpu_us"] for run in plain_runs),
+        "dedupe_cpu_us": min(run["cpu_us"] for run in dedupe_runs),
+        "dedupe_extra_wall_us": 1e6 / dedupe["per_second"] - 1e6 / plain["per_second"],
+    }
+
+
 async def remove_queues(prefix: str, *consumers: Consumer) -> None:
     """Delete these consumers' queues."""
     connection = await aio_pika.connect(AMQP_URL)
@@ -137,6 +207,9 @@ async def remove_queues(prefix: str, *consumers: Consumer) -> None:
 async def cleanup(prefix: str) -> None:
     """Delete everything the run declared."""
     await remove_queues(prefix, noop, timed)
-    connection, bus = await open_bus(prefix)
-    async with connection:
-        await bus.remove_all()
+    await remove_queues(f"{prefix}-plain", noop)
+    await remove_queues(f"{prefix}-dedupe", noop_dedupe)
+    for each in (prefix, f"{prefix}-plain", f"{prefix}-dedupe"):
+        connection, bus = await open_bus(each)
+        async with connection:
+            await bus.remove_all()

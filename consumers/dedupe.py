@@ -1,0 +1,341 @@
+"""Once per message id across replicas: claims and records in PostgreSQL.
+
+One table, `relay_dedupe`, holds a row per (scope, consumer, message id); the scope
+is the vhost and BUS_PREFIX, so environments and consumers can share a database.
+A row is either
+
+- `claimed`: a replica handles the message now, until `lease_until`, which it keeps
+  moving on while its handler runs; a crashed replica's claim simply runs out; or
+- `done`: a handling succeeded; every later delivery is a duplicate.
+
+A handling that fails deletes its claim, so its retry runs. The store answers; the
+worker (`consumers.worker`) decides what becomes of the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+from yarl import URL
+
+from consumers.consumer import Consumer
+from consumers.errors import ConsumerError
+from consumers.settings import WorkerSettings
+from service.errors import SettingsError
+from service.settings import display_url
+from service.timing import backoff
+
+log = structlog.get_logger("consumers.dedupe")
+
+TABLE = "relay_dedupe"
+POOL_SIZE = 10
+# How often records past DEDUPE_RETENTION are removed, at most.
+PRUNE_SECONDS = 3600.0
+PRUNE_BATCH = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relay_dedupe (
+    scope       text        NOT NULL,
+    consumer    text        NOT NULL,
+    message_id  text        NOT NULL,
+    state       text        NOT NULL CHECK (state IN ('claimed', 'done')),
+    owner       text        NOT NULL,
+    lease_until timestamptz NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, consumer, message_id)
+);
+CREATE INDEX IF NOT EXISTS relay_dedupe_updated_at ON relay_dedupe (updated_at);
+"""
+
+# A new row, or a claim whose lease ran out, becomes ours; a live claim or a done row stays.
+_CLAIM = """
+INSERT INTO relay_dedupe AS row (scope, consumer, message_id, state, owner, lease_until)
+VALUES ($1, $2, $3, 'claimed', $4, now() + make_interval(secs => $5))
+ON CONFLICT (scope, consumer, message_id) DO UPDATE
+    SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
+    WHERE row.state = 'claimed' AND row.lease_until < now()
+RETURNING owner
+"""
+_STATE = """
+SELECT state, extract(epoch FROM lease_until - now()) FROM relay_dedupe
+WHERE scope = $1 AND consumer = $2 AND message_id = $3
+"""
+_DONE = """
+UPDATE relay_dedupe SET state = 'done', updated_at = now()
+WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+"""
+_RENEW = """
+UPDATE relay_dedupe SET lease_until = now() + make_interval(secs => $5), updated_at = now()
+WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+"""
+_RELEASE = """
+DELETE FROM relay_dedupe
+WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+"""
+_PRUNE = """
+DELETE FROM relay_dedupe WHERE ctid IN (
+    SELECT ctid FROM relay_dedupe WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2
+)
+"""
+
+# The database errors a handling waits out; others are bugs and end like any fault.
+UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+
+
+class StoreUnreachable(ConsumerError):
+    """DEDUPE_DATABASE_URL cannot be used at start; the message names the variable."""
+
+
+class ClaimLost(Exception):
+    """The claim ran out and another replica took the message; this handling commits nothing."""
+
+
+@dataclass(slots=True)
+class Claim:
+    """This replica's claim on one message for one consumer."""
+
+    store: DedupeStore
+    consumer: str
+    message_id: str
+    owner: str
+    done: bool = field(default=False)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.store.scope, self.consumer, self.message_id, self.owner)
+
+
+Busy = float  # seconds until another replica's claim runs out
+# Subscripted only for the type checker: at run time the class takes no parameters.
+Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+
+
+class DedupeStore:
+    """The table, a connection pool, and the claims made through them."""
+
+    def __init__(self, pool: asyncpg.Pool, scope: str, *, lease: float, retention: float) -> None:
+        self._pool = pool
+        self.scope = scope
+        self.lease = lease
+        self.retention = retention
+        self._owner_prefix = uuid.uuid4().hex[:12]
+
+    @classmethod
+    async def open(
+        cls, url: str, display: str, scope: str, *, lease: float, retention: float
+    ) -> DedupeStore:
+        """Connect and create the table if it is not there; `display` names it without secrets."""
+        try:
+            pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
+        except (*UNAVAILABLE, asyncpg.PostgresError, ValueError) as exc:
+            raise StoreUnreachable(
+                f"DEDUPE_DATABASE_URL: cannot connect to {display}: {type(exc).__name__}"
+            ) from None
+        try:
+            async with pool.acquire() as connection, connection.transaction():
+                # Concurrent CREATE ... IF NOT EXISTS can still collide; one at a time.
+                await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
+                await connection.execute(_SCHEMA)
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            await pool.close()
+            raise StoreUnreachable(
+                f"DEDUPE_DATABASE_URL: cannot create table relay_dedupe in {display}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return cls(pool, scope, lease=lease, retention=retention)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def claim(self, consumer: str, message_id: str) -> Claim | Literal["duplicate"] | Busy:
+        """Claim the message, or say it is done already, or how long another claim lasts."""
+        owner = f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}"
+        async with self._pool.acquire() as connection:
+            got = await connection.fetchval(
+                _CLAIM, self.scope, consumer, message_id, owner, self.lease
+            )
+            if got == owner:
+                return Claim(self, consumer, message_id, owner)
+            row = await connection.fetchrow(_STATE, self.scope, consumer, message_id)
+        if row is None:
+            return 0.0  # released between the two statements: try again at once
+        state, remaining = row
+        return "duplicate" if state == "done" else max(0.0, float(remaining))
+
+    async def finish(self, claim: Claim) -> bool:
+        """Record the handling as done; False if the claim had run out and was taken."""
+        async with self._pool.acquire() as connection:
+            status = await connection.execute(_DONE, *claim.key)
+        claim.done = True
+        return status != "UPDATE 0"
+
+    async def renew(self, claim: Claim) -> bool:
+        """Move the lease on; False if the claim is no longer this replica's."""
+        async with self._pool.acquire() as connection:
+            status = await connection.execute(_RENEW, *claim.key, self.lease)
+        return status != "UPDATE 0"
+
+    async def release(self, claim: Claim) -> None:
+        """Forget a claim whose handling failed, so that its retry runs."""
+        async with self._pool.acquire() as connection:
+            await connection.execute(_RELEASE, *claim.key)
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, claim: Claim) -> AsyncIterator[Connection]:
+        """A transaction that records the handling as done when it commits."""
+        if claim.done:
+            raise RuntimeError("this handling already committed its transaction")
+        async with self._pool.acquire() as connection, connection.transaction():
+            yield connection
+            status = await connection.execute(_DONE, *claim.key)
+            if status == "UPDATE 0":
+                raise ClaimLost(f"the claim on {claim.message_id!r} ran out and was taken")
+        claim.done = True
+
+    async def prune(self) -> int:
+        """Remove records older than the retention; return how many."""
+        removed = 0
+        async with self._pool.acquire() as connection:
+            while True:
+                status = await connection.execute(_PRUNE, self.retention, PRUNE_BATCH)
+                count = int(status.split()[-1])
+                removed += count
+                if count < PRUNE_BATCH:
+                    return removed
+
+    async def prune_forever(self) -> None:
+        """Prune now and then, for as long as the worker runs."""
+        interval = max(0.5, min(PRUNE_SECONDS, self.retention / 4))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                removed = await self.prune()
+            except UNAVAILABLE as exc:
+                log.warning("dedupe records not pruned", error=type(exc).__name__)
+                continue
+            if removed:
+                log.info("dedupe records pruned", removed=removed)
+
+
+# Pauses while the database cannot be reached, and while another replica holds a claim.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
+BUSY_POLL_SECONDS = 0.25
+
+
+class Patience:
+    """The waiting around a store: through outages, and for other replicas' claims.
+
+    It never gives up on its own: a message waits (unacked) until the question is
+    answered, or until the worker stops and the broker takes the message back.
+    """
+
+    def __init__(self, store: DedupeStore) -> None:
+        self.store = store
+        self._down = False
+
+    def _failed(self, exc: BaseException, doing: str) -> None:
+        if not self._down:
+            log.warning(
+                "dedupe store unavailable; messages wait",
+                doing=doing,
+                error=type(exc).__name__,
+            )
+        self._down = True
+
+    def _worked(self) -> None:
+        if self._down:
+            log.info("dedupe store available again")
+        self._down = False
+
+    async def claim(self, consumer: str, message_id: str) -> Claim | None:
+        """Our claim, or None when a handling already succeeded (a duplicate)."""
+        failures = 0
+        while True:
+            try:
+                decided = await self.store.claim(consumer, message_id)
+            except UNAVAILABLE as exc:
+                self._failed(exc, "claim")
+                await asyncio.sleep(backoff(RETRY_DELAYS, failures))
+                failures += 1
+                continue
+            self._worked()
+            if decided == "duplicate":
+                return None
+            if isinstance(decided, Claim):
+                return decided
+            # Another replica handles it now: wait for it to finish, fail or run out.
+            await asyncio.sleep(min(BUSY_POLL_SECONDS, max(decided, 0.01)))
+
+    async def finish(self, claim: Claim) -> None:
+        """Record a success, however long the database takes to come back."""
+        failures = 0
+        while True:
+            try:
+                kept = await self.store.finish(claim)
+            except UNAVAILABLE as exc:
+                self._failed(exc, "record")
+                await asyncio.sleep(backoff(RETRY_DELAYS, failures))
+                failures += 1
+                continue
+            self._worked()
+            if not kept:
+                log.warning("the claim ran out before the handling ended; it may run twice")
+            return
+
+    async def release(self, claim: Claim) -> None:
+        """Forget a failed handling's claim; if that fails too, the claim runs out by itself."""
+        try:
+            await self.store.release(claim)
+        except UNAVAILABLE as exc:
+            self._failed(exc, "release")
+
+    async def keep(self, claim: Claim) -> None:
+        """Move the claim's lease on while its handling runs (cancel when it ends)."""
+        while True:
+            await asyncio.sleep(self.store.lease / 3)
+            try:
+                if not await self.store.renew(claim):
+                    log.warning("the claim ran out and was taken; this handling may run twice")
+                    return
+            except UNAVAILABLE as exc:
+                self._failed(exc, "renew")
+
+
+async def open_store(consumers: Sequence[Consumer], settings: WorkerSettings) -> DedupeStore | None:
+    """The store the consumers with dedupe on need, or None; raises when it cannot be had."""
+    wanting = [c for c in consumers if c.dedupe]
+    url = settings.dedupe_database_url
+    if not wanting:
+        return None
+    if url is None:
+        required = [c.name for c in wanting if c.dedupe is True]
+        if required:
+            raise SettingsError(
+                "DEDUPE_DATABASE_URL",
+                f"consumer {required[0]!r} has dedupe=True; set DEDUPE_DATABASE_URL "
+                "(or DEDUPE_DATABASE_URL_FILE) to a PostgreSQL URL",
+            )
+        log.info(
+            "DEDUPE_DATABASE_URL is not set: duplicates are not suppressed",
+            consumers=[c.name for c in wanting],
+        )
+        return None
+    # A prefix holds no '/', so "vhost/prefix" cannot be mistaken for another scope.
+    vhost = settings.vhost
+    scope = settings.bus_prefix if vhost == "/" else f"{vhost}/{settings.bus_prefix}"
+    display = display_url(URL(url.value))
+    return await DedupeStore.open(
+        url.value,
+        display,
+        scope,
+        lease=settings.dedupe_lease,
+        retention=settings.dedupe_retention,
+    )

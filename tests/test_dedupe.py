@@ -1,0 +1,229 @@
+"""Once per message id across replicas, on the real PostgreSQL and real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from consumers.topology import ConsumerQueues
+from tests.receivers import free_port
+from tests.support import AMQP_URL, BusView
+from tests.tcp_proxy import proxy_to
+from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
+from tests.workers import once, once_b
+
+pytestmark = pytest.mark.rabbit
+
+
+def records(path: Path, phase: str | None = None) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [line for line in lines if phase is None or line["phase"] == phase]
+
+
+async def until(condition: Any, within: float = 20) -> None:
+    async with asyncio.timeout(within):
+        while not condition():
+            await asyncio.sleep(0.05)
+
+
+async def publish_same(bus: BusView, message_id: str, times: int, **fields: Any) -> None:
+    for _ in range(times):
+        assert await bus.publish_event("talent_created", CorrelationId=message_id, **fields)
+
+
+async def counted(worker: WorkerProcess, outcome: str) -> float:
+    url = worker.events("worker started")[0]["metrics"].replace("0.0.0.0", "127.0.0.1")
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        text = await response.text()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("relay_consumer_messages_total{") and f'outcome="{outcome}"' in line
+    )
+
+
+async def rows(url: str, prefix: str) -> list[asyncpg.Record]:
+    connection = await asyncpg.connect(url)
+    try:
+        return await connection.fetch(
+            "SELECT consumer, message_id, state FROM relay_dedupe WHERE scope = $1", prefix
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    return tmp_path / "records.jsonl"
+
+
+@pytest.fixture
+def env(dedupe_database: str, record: Path) -> dict[str, str]:
+    return {"DEDUPE_DATABASE_URL": dedupe_database, "RECORD_FILE": str(record)}
+
+
+async def test_two_replicas_and_thirty_deliveries_run_the_handler_once(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    replicas = [
+        await spawn_worker(
+            "tests.workers.once",
+            once.consumer,
+            HANDLER_SECONDS="0.3",
+            METRICS_PORT=str(free_port()),
+            **env,
+        )
+        for _ in range(2)
+    ]
+    await bus.declare()
+    await publish_same(bus, "same-1", 30)
+
+    async def settled() -> float:
+        return sum([await counted(w, "duplicate") + await counted(w, "ok") for w in replicas])
+
+    async with asyncio.timeout(30):
+        while await settled() < 30:
+            await asyncio.sleep(0.1)
+    assert len(records(record, "start")) == 1
+    assert sum([await counted(w, "duplicate") for w in replicas]) == 29
+    dead = await bus.queue(ConsumerQueues(bus.names.prefix, "once").dead)
+    assert dead.declaration_result.message_count == 0
+
+
+async def test_a_failed_handling_records_nothing_and_its_retry_runs(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    await spawn_worker("tests.workers.once", once.consumer, METRICS_PORT="0", **env)
+    await bus.publish_event("talent_created", CorrelationId="fails-once", Fail=True)
+    await until(lambda: len(records(record, "end")) == 1)
+    assert [line["attempt"] for line in records(record, "start")] == [1, 2]
+    assert [tuple(row) for row in await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix)] == [
+        ("once", "fails-once", "done")
+    ]
+
+
+async def test_a_killed_workers_claim_runs_out_and_the_redelivery_runs(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    lease = {"DEDUPE_LEASE": "2", "METRICS_PORT": "0"}
+    doomed = await spawn_worker(
+        "tests.workers.once", once.consumer, HANDLER_SECONDS="60", **lease, **env
+    )
+    await bus.publish_event("talent_created", CorrelationId="killed-1")
+    await until(lambda: len(records(record, "start")) == 1)
+    doomed.process.send_signal(signal.SIGKILL)
+    await doomed.process.wait()
+    killed_at = time.monotonic()
+    await spawn_worker("tests.workers.once", once.consumer, **lease, **env)
+    await until(lambda: len(records(record, "end")) == 1, within=30)
+    [first, second] = records(record, "start")
+    assert first["pid"] == doomed.process.pid
+    assert second["pid"] != doomed.process.pid
+    assert time.monotonic() - killed_at < 2 + 10  # the lease, then the redelivery
+
+
+async def test_two_consumers_are_independent(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    await spawn_worker("tests.workers.once", once.consumer, METRICS_PORT="0", **env)
+    await spawn_worker("tests.workers.once_b", once_b.consumer, METRICS_PORT="0", **env)
+    await publish_same(bus, "shared-1", 3)
+    await until(lambda: len(records(record, "end")) == 2)
+    await asyncio.sleep(0.5)
+    assert len(records(record, "start")) == 2  # once for each consumer
+    found = {tuple(r) for r in await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix)}
+    assert found == {("once", "shared-1", "done"), ("once-b", "shared-1", "done")}
+
+
+async def test_records_past_the_retention_are_removed(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    await spawn_worker(
+        "tests.workers.once", once.consumer, DEDUPE_RETENTION="1", METRICS_PORT="0", **env
+    )
+    await bus.publish_event("talent_created", CorrelationId="short-lived")
+    await until(lambda: len(records(record, "end")) == 1)
+    assert len(await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix)) == 1
+    async with asyncio.timeout(10):
+        while await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix):
+            await asyncio.sleep(0.2)
+
+
+async def test_database_effects_commit_with_the_record_exactly_once(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    url = env["DEDUPE_DATABASE_URL"]
+    connection = await asyncpg.connect(url)
+    await connection.execute("CREATE TABLE IF NOT EXISTS once_effects (message_id text, pid int)")
+    for _ in range(2):
+        await spawn_worker(
+            "tests.workers.once", once.consumer, HANDLER_SECONDS="0.1", METRICS_PORT="0", **env
+        )
+    await publish_same(bus, "effect-1", 10, Effect=True, FailInside=True)
+    await until(lambda: len(records(record, "end")) == 1)
+    await asyncio.sleep(1)  # for any late duplicate
+    effects = await connection.fetch("SELECT message_id FROM once_effects")
+    await connection.close()
+    # The first attempt wrote and failed inside the transaction: rolled back with its record.
+    assert [row["message_id"] for row in effects] == ["effect-1"]
+
+
+async def test_an_unreachable_database_holds_the_message_until_it_is_back(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    async with proxy_to(env["DEDUPE_DATABASE_URL"]) as (proxy, through):
+        worker = await spawn_worker(
+            "tests.workers.once",
+            once.consumer,
+            METRICS_PORT="0",
+            **{**env, "DEDUPE_DATABASE_URL": through},
+        )
+        proxy.refuse(True)
+        await proxy.cut()
+        await bus.publish_event("talent_created", CorrelationId="waits-1")
+        async with asyncio.timeout(15):
+            while not worker.events("dedupe store unavailable; messages wait"):
+                await asyncio.sleep(0.1)
+        queues = ConsumerQueues(bus.names.prefix, "once")
+        assert records(record) == []  # not handled without a claim
+        for queue in (queues.main, queues.dead):  # not acked, not dead-lettered: held
+            assert (await bus.queue(queue)).declaration_result.message_count == 0
+        proxy.refuse(False)
+        await until(lambda: len(records(record, "end")) == 1, within=20)
+    assert worker.events("dedupe store available again")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (None, "error: DEDUPE_DATABASE_URL: consumer 'once' has dedupe=True; set"),
+        ("mysql://x/y", "error: DEDUPE_DATABASE_URL: must be a postgresql:// URL with a host"),
+        (
+            "postgresql://relay:dedupe-pw-31337@127.0.0.1:1/none",
+            "error: DEDUPE_DATABASE_URL: cannot connect to postgresql://relay:***@127.0.0.1:1/none",
+        ),
+    ],
+    ids=["missing", "malformed", "unreachable"],
+)
+async def test_a_database_url_that_cannot_be_used_stops_the_worker_in_one_line(
+    bus: BusView, tmp_path: Path, url: str | None, expected: str
+) -> None:
+    settings = {"AMQP_URL": AMQP_URL, "BUS_PREFIX": bus.names.prefix, "METRICS_PORT": "0"}
+    if url is not None:
+        settings["DEDUPE_DATABASE_URL"] = url
+    log = tmp_path / "worker.log"
+    with pytest.raises(AssertionError, match="worker exited 2"):
+        await start_worker("tests.workers.once", log, settings)
+    lines = log.read_text().strip().splitlines()
+    assert lines[-1].startswith(expected), lines
+    assert "31337" not in log.read_text()
