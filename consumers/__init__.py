@@ -9,7 +9,7 @@ async def sync(event: Event) -> None: ...
 """
 
 from consumers.consumer import Consumer
-from consumers.errors import Reject
+from consumers.errors import Reject, RetryLater
 from consumers.event import Event
 
-__all__ = ["Consumer", "Event", "Reject"]
+__all__ = ["Consumer", "Event", "Reject", "RetryLater"]

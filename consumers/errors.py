@@ -4,6 +4,7 @@ ConsumerError
 ├── RegistrationError    a consumer or handler is defined wrongly; raised at import time
 └── LoadError            a consumer module named on the command line cannot be used
 Reject                   raised by a handler: send the message to `.dead` at once
+RetryLater               raised by a handler: retry, but not sooner than `after` seconds
 """
 
 from __future__ import annotations
@@ -23,3 +24,15 @@ class LoadError(ConsumerError):
 
 class Reject(Exception):
     """Raise from a handler when retrying cannot help: the message goes to `.dead` at once."""
+
+
+class RetryLater(Exception):
+    """Raise from a handler to retry no sooner than `after` seconds (a Retry-After, say).
+
+    The retry takes the first of the consumer's retry delays that is at least `after`
+    (the longest one if none is); the attempt counts like any other.
+    """
+
+    def __init__(self, message: str = "", *, after: float = 0.0) -> None:
+        super().__init__(message)
+        self.after = after

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.common import FieldTable
 
-from consumers.errors import Reject
+from consumers.errors import Reject, RetryLater
 from consumers.event import ROUTING_KEY
 from service.text import safe_text
 from service.timing import iso_utc
@@ -73,3 +73,12 @@ def requeue_pause(message: AbstractIncomingMessage) -> float:
     count = (message.headers or {}).get("x-delivery-count")
     redeliveries = count if isinstance(count, int) and not isinstance(count, bool) else 0
     return float(min(REQUEUE_PAUSE * 2 ** min(redeliveries, 5), MAX_REQUEUE_PAUSE))
+
+
+def retry_delay(delays: tuple[float, ...], attempt: int, failure: BaseException) -> float:
+    """The retry delay after `attempt`; longer when the failure asks (`RetryLater`)."""
+    delay = delays[attempt - 1]
+    after = failure.after if isinstance(failure, RetryLater) else 0.0
+    if after <= delay:
+        return delay
+    return next((d for d in sorted(delays) if d >= after), max(delays))

@@ -15,6 +15,7 @@ from consumers.errors import LoadError
 # Modules of the runtime itself, never consumers.
 _RUNTIME = frozenset(
     {
+        "avionte",
         "cli",
         "consumer",
         "dead",
@@ -28,6 +29,7 @@ _RUNTIME = frozenset(
         "prune",
         "registry",
         "reroute",
+        "resources",
         "settings",
         "tail",
         "threads",

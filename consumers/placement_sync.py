@@ -1,8 +1,10 @@
 """Example integration: fetch each changed placement from Avionté and sync it, once per message id.
 
 Avionté's events are notifications: the ids are in `Resource`, and the current
-state comes from its API. The API client is injected (`sync.client = ...`); until
-a real one is configured, `OfflineAvionteClient` answers with the ids it was given.
+state comes from its API. With AVIONTE_CLIENT_ID set (and the other AVIONTE_*
+variables), each placement is fetched through the shared API client
+(`consumers.avionte`); without it, `OfflineAvionteClient` answers with the ids it was
+given, so the example runs anywhere.
 
 Once per message id comes from the dedupe store, shared by every replica, when
 DEDUPE_DATABASE_URL is set (`dedupe="optional"`); without it, each delivery runs.
@@ -10,41 +12,56 @@ DEDUPE_DATABASE_URL is set (`dedupe="optional"`); without it, each delivery runs
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 import structlog
 
 from consumers import Consumer, Event, Reject
+from consumers.avionte import AvionteSettings, EntityGone, avionte, entity_of
 
 log = structlog.get_logger("consumers.placement_sync")
 
 
-class AvionteClient(Protocol):
-    """The part of Avionté's API this consumer needs."""
+class Fetcher(Protocol):
+    """The part of an Avionté client this consumer needs."""
 
-    async def get_placement(self, tenant_id: int | None, placement_id: int) -> dict[str, Any]:
-        """The placement's current state."""
+    async def fetch(self, event: Event) -> dict[str, Any]:
+        """The current state of the entity the event names."""
 
 
 class OfflineAvionteClient:
-    """A stand-in that needs no network: returns the ids it was asked for."""
+    """A stand-in that needs no network: answers with the ids it was asked for."""
 
-    async def get_placement(self, tenant_id: int | None, placement_id: int) -> dict[str, Any]:
-        return {"PlacementId": placement_id, "TenantId": tenant_id, "Source": "offline"}
+    async def fetch(self, event: Event) -> dict[str, Any]:
+        ref = entity_of(event)
+        return {"PlacementId": ref.id, "TenantId": event.tenant_id, "Source": "offline"}
 
 
 class PlacementSync:
-    """Fetches the placement named by an event and hands it downstream."""
+    """Fetches the placement an event names and hands it downstream."""
 
-    def __init__(self, client: AvionteClient | None = None) -> None:
-        self.client: AvionteClient = client or OfflineAvionteClient()
+    def __init__(self, client: Fetcher | None = None) -> None:
+        self.client = client
+
+    def _client(self) -> Fetcher:
+        if self.client is None:
+            # Chosen once, on the first event: the real API if it is configured.
+            configured = AvionteSettings.configured(os.environ)
+            self.client = avionte() if configured else OfflineAvionteClient()
+            log.info("placement source", source="avionte" if configured else "offline")
+        return self.client
 
     async def __call__(self, event: Event) -> None:
         placement_id = (event.resource or {}).get("PlacementId")
         if not isinstance(placement_id, int) or isinstance(placement_id, bool):
             # Retrying cannot add the id: dead-letter at once.
             raise Reject("Resource has no integer PlacementId")
-        placement = await self.client.get_placement(event.tenant_id, placement_id)
+        try:
+            placement = await self._client().fetch(event)
+        except EntityGone:
+            log.info("placement gone; nothing to sync", placement_id=placement_id)
+            return
         log.info("placement synced", placement_id=placement_id, fields=len(placement))
 
 

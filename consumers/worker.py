@@ -27,6 +27,7 @@ from aio_pika.abc import (
 )
 from pamqp.common import FieldTable
 
+from consumers import resources
 from consumers.consumer import Consumer, Route, check_unique
 from consumers.dedupe import Claim, Patience, open_store
 from consumers.event import (
@@ -37,7 +38,13 @@ from consumers.event import (
     event_from,
     routing_key_of,
 )
-from consumers.failures import NoHandler, failure_headers, rejection, requeue_pause
+from consumers.failures import (
+    NoHandler,
+    failure_headers,
+    rejection,
+    requeue_pause,
+    retry_delay,
+)
 from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.registry import entry_for, rewrite
 from consumers.settings import WorkerSettings
@@ -125,6 +132,8 @@ class Worker:
             await stop_task(pruning)
             if store is not None:
                 await store.close()
+            # Handlers have drained: what they shared (an API client's pool) can go.
+            await resources.close_all()
 
     async def _run(self, stop: asyncio.Event, metrics_url: str | None) -> None:
         connection = await self._connect(stop)
@@ -379,7 +388,7 @@ class Worker:
             )
         extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
         extra[ATTEMPT] = attempt + 1
-        target = running.queues.retry(delays[attempt - 1])
+        target = running.queues.retry(retry_delay(delays, attempt, failure))
         forwarded = await self._forward(message, message_id, target, extra)
         return "retried" if forwarded else "requeued"
 

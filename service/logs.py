@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
-from service.redaction import MaskFields, RedactingJSON
+from service.redaction import MaskFields, RedactingJSON, forget_redactors
 
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
 
@@ -82,6 +82,7 @@ def configure_logging(
     standard library's path to the same renderer.
     """
     out = stream or sys.stderr.buffer
+    forget_redactors()
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     secrets = tuple(redact)
     shared: list[structlog.typing.Processor] = [

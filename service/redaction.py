@@ -22,7 +22,12 @@ class Masker:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms: set[str] = set()
+        self.forms: tuple[str, ...] = ()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        """Mask these too from now on (a token the process obtained, say)."""
+        forms: set[str] = set(self.forms)
         for secret in secrets:
             if not secret:
                 continue
@@ -53,7 +58,11 @@ class MaskFields:
     """A structlog processor masking secrets field by field, for renderers other than JSON."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._mask = Masker(secrets)
+        self._mask = Masker([*secrets, *_LEARNT])
+        _ACTIVE.append(self)
+
+    def add(self, *secrets: str) -> None:
+        self._mask.add(*secrets)
 
     def __call__(
         self, _: Any, __: str, event: structlog.typing.EventDict
@@ -71,7 +80,14 @@ class RedactingJSON:
     """
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self._mask = Masker(secrets)
+        self._mask = Masker([*secrets, *_LEARNT])
+        self._escaped: tuple[bytes, ...] = ()
+        self.add()
+        _ACTIVE.append(self)
+
+    def add(self, *secrets: str) -> None:
+        """Mask these too from now on."""
+        self._mask.add(*secrets)
         found = []
         for form in self._mask.forms:
             try:
@@ -102,3 +118,20 @@ class RedactingJSON:
         if any(form in line for form in self._escaped):
             line = self._dumps(self._mask.deep(event))
         return line
+
+
+_ACTIVE: list[MaskFields | RedactingJSON] = []
+# Secrets learnt while running; processors made later (logging configured again) take them.
+_LEARNT: set[str] = set()
+
+
+def redact_also(*secrets: str) -> None:
+    """Mask these in every log line from now on: secrets learnt after logging was set up."""
+    _LEARNT.update(s for s in secrets if s)
+    for processor in _ACTIVE:
+        processor.add(*secrets)
+
+
+def forget_redactors() -> None:
+    """Logging is being configured anew: the old processors are no longer used."""
+    _ACTIVE.clear()

@@ -177,6 +177,11 @@ class EnvReader:
         except ValueError as exc:
             raise SettingsError(name, str(exc)) from None
 
+    def secret(self, name: str) -> Secret | None:
+        """One secret, whole (commas included), from `NAME` or `NAME_FILE`; None when unset."""
+        raw = self._secret_raw(name)
+        return Secret(raw) if raw is not None else None
+
     def secrets(self, name: str) -> tuple[Secret, ...]:
         raw = self._secret_raw(name)
         if raw is None:

@@ -38,6 +38,8 @@ SCANNED_SECRETS = (
     "broker-pw-31337",
     "api-key-31337",
     "dedupe-pw-31337",
+    "client-secret-31337",
+    "avionte-key-31337",
 )
 
 AUTH_METHODS = ("api_key", "shared_secret", "hmac_hex", "hmac_base64")

@@ -11,7 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from consumers import audit_log, placement_sync
+from consumers import Event, audit_log, placement_sync
+from consumers.avionte import entity_of
 from consumers.topology import ConsumerQueues
 from service.app import WEBHOOK_PATH
 from tests.conftest import WorkerFactory
@@ -49,8 +50,9 @@ class FakeAvionte:
     def __init__(self) -> None:
         self.calls: list[tuple[int | None, int]] = []
 
-    async def get_placement(self, tenant_id: int | None, placement_id: int) -> dict[str, Any]:
-        self.calls.append((tenant_id, placement_id))
+    async def fetch(self, event: Event) -> dict[str, Any]:
+        placement_id = entity_of(event).id
+        self.calls.append((event.tenant_id, placement_id))
         return {"PlacementId": placement_id, "Status": "Active"}
 
 
