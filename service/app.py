@@ -159,11 +159,11 @@ async def receive(request: web.Request) -> web.Response:
     line["message_id"] = message.message_id
 
     try:
-        ctx.metrics.in_flight.inc()
+        ctx.metrics.storing += 1
         try:
             line["stored"] = where = await ctx.store.store(message)
         finally:
-            ctx.metrics.in_flight.dec()
+            ctx.metrics.storing -= 1
         ctx.metrics.stored(where).observe(time.perf_counter() - started)
     except (PublishFailed, SpoolError) as failure:
         line["error"] = type(failure).__name__

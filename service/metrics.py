@@ -76,6 +76,9 @@ class ReceiverMetrics:
             "Deliveries waiting for a broker confirm or a spool write.",
             registry=self.registry,
         )
+        # Counted with a plain integer and read when scraped: a gauge takes a lock per change.
+        self.storing = 0
+        self.in_flight.set_function(lambda: self.storing)
         self.broker_connected = Gauge(
             "relay_broker_connected", "1 while the broker connection is up.", registry=self.registry
         )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aio_pika
 import aiormq
@@ -21,9 +22,10 @@ from aiormq.abc import AbstractChannel
 from yarl import URL
 
 from service.bus import BusNames, Outgoing
-from service.confirms import OnePerId
+from service.confirm_channel import ConfirmChannel
 from service.errors import (
     BrokerUnavailable,
+    PublishFailed,
     PublishNacked,
     PublishReturned,
     PublishTimeout,
@@ -59,6 +61,21 @@ class Publisher(Protocol):
         """Return once the broker confirmed the message; raise `PublishFailed` otherwise."""
 
 
+@dataclass(slots=True)
+class _Flight:
+    """One publish on its way to the broker, which identical deliveries may join."""
+
+    body: bytes
+    confirmation: asyncio.Future[Any]
+    timer: asyncio.TimerHandle | None = None
+    expired: bool = False
+
+    def expire(self) -> None:
+        """PUBLISH_TIMEOUT passed without an answer: every waiter gets `PublishTimeout`."""
+        self.expired = True
+        self.confirmation.cancel()
+
+
 class AmqpPublisher:
     """Publishes persistent, mandatory messages with confirms over one supervised connection."""
 
@@ -77,7 +94,10 @@ class AmqpPublisher:
         self._names = names
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
-        self._one_per_id = OnePerId()
+        self._fast: ConfirmChannel | None = None
+        # Publishes awaiting the broker, by message id: one at a time per id (aiormq
+        # matches a return to its publish by id), and identical deliveries share one.
+        self._flights: dict[str, _Flight] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._on_crash = on_crash
 
@@ -98,25 +118,46 @@ class AmqpPublisher:
         self._channel = None
 
     async def publish(self, message: Outgoing) -> None:
-        channel = self._channel
-        if channel is None or channel.is_closed:
+        fast = self._fast
+        if fast is None or fast.is_closed:
             raise BrokerUnavailable
         message_id = message.message_id
+        while (earlier := self._flights.get(message_id)) is not None:
+            if earlier.body == message.body:
+                # The same delivery is on its way already (Avionté retries at once):
+                # it is stored exactly when that one is, as one message.
+                await self._outcome(earlier)
+                return
+            # Same id, other bytes: aiormq tells returns apart by id, so wait for it.
+            with contextlib.suppress(PublishFailed):
+                await self._outcome(earlier)
         try:
-            async with asyncio.timeout(self._timeout):
-                mine = await self._one_per_id.acquire(message_id)
-                try:
-                    confirm = await channel.basic_publish(
-                        message.body,
-                        exchange=message.exchange,
-                        routing_key=message.routing_key,
-                        properties=message.properties,
-                        mandatory=True,
-                    )
-                finally:
-                    self._one_per_id.release(message_id, mine)
-        except TimeoutError:
-            raise PublishTimeout from None
+            confirmation = fast.publish(message)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            raise BrokerUnavailable from None
+        flight = _Flight(message.body, confirmation)
+        flight.timer = asyncio.get_running_loop().call_later(self._timeout, flight.expire)
+        self._flights[message_id] = flight
+        confirmation.add_done_callback(lambda _: self._landed(message_id, flight))
+        await self._outcome(flight)
+
+    def _landed(self, message_id: str, flight: _Flight) -> None:
+        if flight.timer is not None:
+            flight.timer.cancel()
+        if self._flights.get(message_id) is flight:
+            del self._flights[message_id]
+
+    @staticmethod
+    async def _outcome(flight: _Flight) -> None:
+        """Wait for the broker's answer to `flight`; raise `PublishFailed` unless it is an ack."""
+        try:
+            # Shielded: one waiter that stops waiting must not cancel the others' publish.
+            confirm = await asyncio.shield(flight.confirmation)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if flight.expired and (task is None or not task.cancelling()):
+                raise PublishTimeout from None
+            raise
         except aiormq.exceptions.PublishError:
             raise PublishReturned from None
         except aiormq.exceptions.DeliveryError:
@@ -154,7 +195,7 @@ class AmqpPublisher:
                 log.error("broker session failed", error=type(exc).__name__, detail=str(exc))
                 failures += 1
             finally:
-                self._channel = None
+                self._channel = self._fast = None
                 # Closing a connection whose link just died can hang; never let it stop
                 # the loop from connecting again.
                 with contextlib.suppress(Exception):
@@ -165,6 +206,7 @@ class AmqpPublisher:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_receiver_topology(channel, self._names)
         underlay = await channel.get_underlay_channel()
+        self._fast = ConfirmChannel(underlay)
         self._channel = underlay
         log.info("broker connected", broker=display_url(self._url), prefix=self._names.prefix)
         await asyncio.wait([underlay.closing])

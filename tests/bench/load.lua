@@ -23,9 +23,16 @@ local template = '{"EventName":"placement_updated","FrontOfficeTenantId":6,' ..
   'ResourceModel.PlacementResourceModel, Avionte.Commons.CompasEventModel, Version=1.2.4.0, ' ..
   'Culture=neutral, PublicKeyToken=null","CorrelationId":"%s"}'
 
+-- With BENCH_SAME set, every request repeats one delivery, as Avionté's retries of one
+-- event do; otherwise each carries a fresh CorrelationId.
+local same = os.getenv("BENCH_SAME")
+if same == "" then
+  same = nil
+end
+
 function request()
   counter = counter + 1
-  local cid = string.format("bench-%d-%d", id, counter)
+  local cid = same and "bench-same-delivery" or string.format("bench-%d-%d", id, counter)
   return wrk.format(nil, nil, nil, string.format(template, cid, cid))
 end
 

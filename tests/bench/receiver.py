@@ -34,12 +34,15 @@ WARMUP = 2.0
 E2E_RATE, E2E_SECONDS = 100, 10.0
 
 
-def load_point(url: str, connections: int, seconds: float) -> dict[str, Any]:
-    """One load point from a separate process: wrk with load.lua, else the built-in generator."""
+def load_point(url: str, connections: int, seconds: float, same: bool = False) -> dict[str, Any]:
+    """One load point from a separate process: wrk with load.lua, else the built-in generator.
+
+    With `same`, every request is the same delivery (wrk only).
+    """
     if shutil.which("wrk"):
         threads = str(min(2, connections))
         script = str(Path(__file__).parent / "load.lua")
-        env = {**os.environ, "BENCH_API_KEY": API_KEY}
+        env = {**os.environ, "BENCH_API_KEY": API_KEY, **({"BENCH_SAME": "1"} if same else {})}
         args = [
             "wrk",
             "-t",
@@ -77,7 +80,7 @@ async def ready(url: str) -> bool:
 
 
 async def serving(
-    module: str, prefix: str, workdir: Path
+    module: str, prefix: str, workdir: Path, level: str = "info"
 ) -> tuple[asyncio.subprocess.Process, str]:
     """Start `python -m module` as a receiver and wait until it is ready; return it and its URL."""
     port = free_port()
@@ -88,8 +91,9 @@ async def serving(
         HOST="127.0.0.1",
         PORT=str(port),
         LOG_FORMAT="json",
+        LOG_LEVEL=level,
     )
-    receiver = await start(["-m", module], env, workdir / f"{module}.log")
+    receiver = await start(["-m", module], env, workdir / f"{module}-{level}-{port}.log")
     async with asyncio.timeout(30):
         while not await ready(f"http://127.0.0.1:{port}/readyz"):
             await asyncio.sleep(0.1)
@@ -97,13 +101,13 @@ async def serving(
 
 
 async def measure(
-    receiver: asyncio.subprocess.Process, url: str, connections: int
+    receiver: asyncio.subprocess.Process, url: str, connections: int, same: bool = False
 ) -> dict[str, Any]:
     """One load point after a warm-up, with the receiver's CPU time per request."""
     await settle()
-    await asyncio.to_thread(load_point, url, connections, WARMUP)
+    await asyncio.to_thread(load_point, url, connections, WARMUP, same)
     before = cpu_seconds(receiver.pid)
-    point = await asyncio.to_thread(load_point, url, connections, SECONDS)
+    point = await asyncio.to_thread(load_point, url, connections, SECONDS, same)
     point["connections"] = connections
     point["per_second"] = point["requests"] / point["seconds"]
     point["cpu_us"] = (cpu_seconds(receiver.pid) - before) / max(point["requests"], 1) * 1e6
