@@ -19,6 +19,7 @@ import uvloop
 from tests.bench.processes import CHILDREN, run_json, settle
 from tests.bench.receiver import SECONDS, end_to_end, purge, receiver_points, stubbed_point
 from tests.bench.report import TARGETS, plot, table
+from tests.bench.versus import versus
 from tests.bench.workers import cleanup, dedupe_cost, workers
 from tests.receivers import base_env
 from tests.support import AMQP_URL
@@ -45,6 +46,8 @@ async def main() -> None:
         print("receiver ...", flush=True)
         points, receiver_rss, base = await receiver_points(prefix, workdir)
         await purge(prefix)
+        print("against the naive receiver ...", flush=True)
+        against = await versus(prefix, workdir)
         print("receiver with publishing stubbed ...", flush=True)
         stubbed = await stubbed_point(prefix, workdir)
         print("end to end ...", flush=True)
@@ -62,13 +65,23 @@ async def main() -> None:
         await cleanup(prefix)
     at64 = next(p for p in points if p["connections"] == 64)
     values = {
+        "warning_vs_naive": against["warning_vs_naive"],
+        "info_vs_naive": against["info_vs_naive"],
+        "same_vs_distinct": against["same_vs_distinct"],
+        "p99_vs_naive": against["p99_vs_naive"],
         "receiver_vs_ceiling_at_64": at64["per_second"] / top["per_second"],
         "receiver_p99_ms_at_64": at64["p99_ms"],
         "e2e_p50_ms": e2e["p50_ms"],
         "worker_vs_raw": worker["worker_per_second"] / worker["raw_per_second"],
         "receiver_rss_mib": receiver_rss,
     }
-    higher_is_better = {"receiver_vs_ceiling_at_64", "worker_vs_raw"}
+    higher_is_better = {
+        "warning_vs_naive",
+        "info_vs_naive",
+        "same_vs_distinct",
+        "receiver_vs_ceiling_at_64",
+        "worker_vs_raw",
+    }
     result = {
         "ceiling_per_second": top["per_second"],
         "ceiling_cpu_us": top["cpu_us"],
@@ -79,6 +92,7 @@ async def main() -> None:
         # What the receiver would reach if its two halves cost no more together than apart;
         # not a bound: they do cost more together, and the ceiling runs on another loop.
         "sum_of_halves": top["cpu_us"] / (stubbed["cpu_us"] + path["cpu_us"]),
+        "versus": against,
         "end_to_end": e2e,
         **worker,
         "dedupe": dedupe,

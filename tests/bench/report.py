@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Any
 
 TARGETS = {
+    "warning_vs_naive": 1.2,
+    "info_vs_naive": 1.0,
+    "same_vs_distinct": 0.5,
+    "p99_vs_naive": 1.5,
     "receiver_vs_ceiling_at_64": 0.70,
     "receiver_p99_ms_at_64": 50.0,
     "e2e_p50_ms": 10.0,
@@ -40,6 +44,23 @@ def table(result: dict[str, Any]) -> str:
                 f"  CPU {point['cpu_us']:.0f} us/req",
             )
         )
+    versus = result.get("versus")
+    if versus:
+        for name, label in (
+            ("naive", "naive receiver, 64 connections"),
+            ("warning", "ours at warning, 64"),
+            ("info", "ours at info, 64"),
+            ("same", "ours, one delivery repeated, 64"),
+        ):
+            point = versus["best"][name]
+            rows.append(
+                (
+                    label,
+                    f"{point['per_second']:.0f} req/s",
+                    f"p99 {point['p99_ms']:.1f} ms  CPU {point['cpu_us']:.0f} us/req"
+                    f"  errors {point['errors']}  (best of {len(versus['rounds'])})",
+                )
+            )
     rows.append(
         (
             "sum of the halves",

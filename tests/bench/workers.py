@@ -212,4 +212,6 @@ async def cleanup(prefix: str) -> None:
     for each in (prefix, f"{prefix}-plain", f"{prefix}-dedupe"):
         connection, bus = await open_bus(each)
         async with connection:
+            await bus.channel.queue_delete(f"{each}.naive")  # the naive receiver's
+            await bus.channel.exchange_delete(f"{each}.naive")
             await bus.remove_all()
