@@ -29,8 +29,8 @@ from yarl import URL
 from consumers.consumer import Consumer
 from consumers.errors import ConsumerError
 from consumers.settings import WorkerSettings
+from service.brokers import display_url
 from service.errors import SettingsError
-from service.settings import display_url
 from service.timing import backoff
 
 log = structlog.get_logger("consumers.dedupe")

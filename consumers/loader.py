@@ -30,6 +30,7 @@ _RUNTIME = frozenset(
         "registry",
         "reroute",
         "resources",
+        "session",
         "settings",
         "tail",
         "threads",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from service import brokers
 from service.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -43,7 +44,9 @@ class WorkerSettings:
     @property
     def vhost(self) -> str:
         """The broker's virtual host, as in AMQP_URL (`/` when it names none)."""
-        return URL(self.amqp_url.value).path.removeprefix("/") or "/"
+        # Every node of the list names the same one (`service.brokers.validate`).
+        first = brokers.split(self.amqp_url.value)[0]
+        return URL(first).path.removeprefix("/") or "/"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:

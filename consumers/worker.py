@@ -21,9 +21,9 @@ import aiormq
 import structlog
 from aio_pika.abc import (
     AbstractChannel,
+    AbstractConnection,
     AbstractIncomingMessage,
     AbstractQueue,
-    AbstractRobustConnection,
 )
 from pamqp.common import FieldTable
 
@@ -47,12 +47,15 @@ from consumers.failures import (
 )
 from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.registry import entry_for, rewrite
+from consumers.session import Session, open_session
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues, declare_consumer_topology
+from service import brokers
+from service.brokers import Nodes
 from service.bus import BusNames
 from service.confirms import OnePerId
 from service.envelope import body_digest, parse
-from service.errors import InvalidEnvelope
+from service.errors import BrokerBlocked, InvalidEnvelope
 from service.logs import bound_logger
 from service.supervise import keep_running
 from service.supervise import stop as stop_task
@@ -65,8 +68,6 @@ FORWARD_TIMEOUT = 10.0
 # Shutdown steps that talk to the broker get this long; without a link they cannot finish.
 SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
-# How soon a lost connection is made again (aio-pika's default is 5 s).
-RECONNECT_SECONDS = 1.0
 # Refusals at start that no retry can change: the worker stops and says why.
 PERMANENT = (
     aiormq.exceptions.ChannelPreconditionFailed,
@@ -103,6 +104,7 @@ class Worker:
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
+        self._session: Session | None = None
         # Every copy goes out on one channel, where aiormq matches returns by message id.
         self._one_per_id = OnePerId()
         self.metrics = WorkerMetrics()
@@ -136,67 +138,74 @@ class Worker:
             await resources.close_all()
 
     async def _run(self, stop: asyncio.Event, metrics_url: str | None) -> None:
-        connection = await self._connect(stop)
-        if connection is None:
-            return
-        try:
-            running = await self._start_all(connection, stop)
-            if running is None:
-                return
-            log.info(
-                "worker started", consumers=[r.consumer.name for r in running], metrics=metrics_url
-            )
-            self.ready.set()
-            await stop.wait()
-            log.info("worker stopping", in_flight=len(self._in_flight))
-            for item in running:
-                await _bounded(item.queue.cancel(item.tag), "cancel the consumer")
-            await self._drain()
-            for item in running:
-                # Closing the channel waits for the broker, so every ack sent before it counts.
-                await _bounded(item.channel.close(), "close the channel")
-        finally:
-            await _bounded(connection.close(), "close the connection")
+        nodes = Nodes(brokers.split(self._settings.amqp_url.value))
+        event = "worker started"
+        while not stop.is_set():
+            session = await open_session(nodes, stop)
+            if session is None:
+                break
+            try:
+                running = await self._start_all(session, stop)
+                if running is None:
+                    break
+                log.info(
+                    event,
+                    consumers=[r.consumer.name for r in running],
+                    broker=session.node,
+                    metrics=metrics_url,
+                )
+                event = "worker reconnected"
+                self.ready.set()
+                await _first(stop.wait(), session.lost())
+                if stop.is_set():
+                    await self._stop_running(running)
+                    break
+                # What is in flight cannot be settled on the lost channels: the broker
+                # hands those messages out again.
+                log.warning(
+                    "broker connection lost; connecting again",
+                    broker=session.node,
+                    in_flight=len(self._in_flight),
+                )
+            except _SessionLost:
+                log.warning("broker connection lost while starting", broker=session.node)
+            finally:
+                await session.close()
+            nodes.advance()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_DELAYS[0])
         log.info("worker stopped")
 
-    async def _connect(self, stop: asyncio.Event) -> AbstractRobustConnection | None:
-        """Connect, retrying until the broker answers or `stop` is set."""
-        failures = 0
-        while not stop.is_set():
-            try:
-                return await aio_pika.connect_robust(
-                    self._settings.amqp_url.value, reconnect_interval=RECONNECT_SECONDS
-                )
-            except (OSError, aio_pika.exceptions.AMQPError) as exc:
-                if failures == 0:
-                    log.warning("broker unreachable; retrying", error=type(exc).__name__)
-                delay = backoff(CONNECT_DELAYS, failures)
-                failures += 1
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
-        return None
+    async def _stop_running(self, running: list[_Running]) -> None:
+        log.info("worker stopping", in_flight=len(self._in_flight))
+        for item in running:
+            await _bounded(item.queue.cancel(item.tag), "cancel the consumer")
+        await self._drain()
+        for item in running:
+            # Closing the channel waits for the broker, so every ack sent before it counts.
+            await _bounded(item.channel.close(), "close the channel")
 
-    async def _start_all(
-        self, connection: AbstractRobustConnection, stop: asyncio.Event
-    ) -> list[_Running] | None:
+    async def _start_all(self, session: Session, stop: asyncio.Event) -> list[_Running] | None:
         """Open the channels and declare every consumer's queues, retrying what may pass.
 
         Replicas that start at the same instant on a new broker race to create the same
-        quorum queues, and the loser can get INTERNAL_ERROR (noproc) once: that, and any
-        lost connection, is retried. A refusal that cannot pass (inequivalent queue
-        arguments, no access) ends the worker.
+        quorum queues, and the loser can get INTERNAL_ERROR (noproc) once: that is
+        retried. A refusal that cannot pass (inequivalent queue arguments, no access)
+        ends the worker; a lost connection raises `_SessionLost`.
         """
         failures = 0
         while not stop.is_set():
             opened: list[AbstractChannel] = []
             try:
-                self._publisher = await connection.channel(
+                publisher = await session.publishing.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
-                opened.append(self._publisher)
+                opened.append(publisher)
+                await session.watch(publisher)
+                self._publisher, self._session = publisher, session
                 running = []
                 for consumer in self._consumers:
-                    running.append(await self._start(connection, consumer, opened))
+                    running.append(await self._start(session.consuming, consumer, opened))
                 return running
             except PERMANENT:
                 raise
@@ -207,6 +216,8 @@ class Worker:
                 OSError,
                 TimeoutError,
             ) as exc:
+                if session.is_closed:
+                    raise _SessionLost from exc
                 _quietly(
                     log.warning,
                     "worker start failed; retrying",
@@ -223,7 +234,7 @@ class Worker:
 
     async def _start(
         self,
-        connection: AbstractRobustConnection,
+        connection: AbstractConnection,
         consumer: Consumer,
         opened: list[AbstractChannel],
     ) -> _Running:
@@ -414,8 +425,12 @@ class Worker:
         The copy carries `message_id`, the event's own, also when the message had none.
         """
         assert self._publisher is not None
+        assert self._session is not None
         copy = copy_of(message, extra, message_id=message_id)
         try:
+            if self._session.blocked is not None:
+                # An alarm: the copy would only wait FORWARD_TIMEOUT. Hand the message back.
+                raise BrokerBlocked
             async with asyncio.timeout(FORWARD_TIMEOUT):
                 mine = await self._one_per_id.acquire(message_id)
                 try:
@@ -436,6 +451,20 @@ class Worker:
             return False
         await _settle(message.ack())
         return True
+
+
+class _SessionLost(Exception):
+    """The broker connection closed while the worker was starting on it."""
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return once any of `waits` is done; cancel the rest."""
+    tasks = {asyncio.ensure_future(each) for each in waits}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _quietly(method: Callable[..., Any], event: str, **fields: Any) -> None:

@@ -195,7 +195,9 @@ async def readyz(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus metrics, in the text format."""
     ctx = request.app[CONTEXT]
-    ctx.metrics.broker_connected.set(1 if ctx.store.publisher.ready else 0)
+    state = ctx.store.publisher.state
+    ctx.metrics.broker_connected.set(0 if state == "disconnected" else 1)
+    ctx.metrics.broker_blocked.set(1 if state == "blocked" else 0)
     spool = ctx.store.spool
     if spool is not None:
         depth = spool.depth

@@ -7,6 +7,7 @@ RelayError
 ├── InvalidEnvelope      authenticated, but cannot be routed; quarantined with a reason
 └── PublishFailed        the broker did not confirm; the answer is 503
     ├── BrokerUnavailable    no usable connection right now
+    │   └── BrokerBlocked    the broker blocks publishing (a memory or disk alarm)
     ├── PublishTimeout       no confirm within PUBLISH_TIMEOUT
     ├── PublishNacked        the broker refused the message
     └── PublishReturned      the broker could not route the message
@@ -52,6 +53,10 @@ class PublishFailed(RelayError):
 
 class BrokerUnavailable(PublishFailed):
     """There is no usable connection to the broker right now."""
+
+
+class BrokerBlocked(BrokerUnavailable):
+    """The broker has blocked the connection during an alarm; a publish would only wait."""
 
 
 class PublishTimeout(PublishFailed):

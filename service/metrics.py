@@ -82,6 +82,11 @@ class ReceiverMetrics:
         self.broker_connected = Gauge(
             "relay_broker_connected", "1 while the broker connection is up.", registry=self.registry
         )
+        self.broker_blocked = Gauge(
+            "relay_broker_blocked",
+            "1 while the broker blocks publishing (a memory or disk alarm).",
+            registry=self.registry,
+        )
         self.spool_records = Gauge(
             "relay_spool_records", "Deliveries waiting in the spool.", registry=self.registry
         )

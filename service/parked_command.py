@@ -11,13 +11,12 @@ import asyncio
 import sys
 from collections.abc import Mapping
 
-import aio_pika
 import aiormq
 from aiormq import spec
-from yarl import URL
 
+from service import brokers
 from service.errors import SettingsError
-from service.settings import EnvReader, Settings, display_url
+from service.settings import EnvReader, Settings
 from service.spool_parked import Parked, ParkedRecords
 
 CONFIRM_TIMEOUT = 10.0
@@ -55,14 +54,14 @@ def run(environ: Mapping[str, str], *, replay: bool, limit: int | None) -> int:
         replayed, failed = asyncio.run(_replay(url, parked, chosen))
     except (OSError, RuntimeError, aiormq.exceptions.AMQPError) as exc:
         # RuntimeError covers aiormq's ChannelInvalidStateError on a channel that closed.
-        print(f"error: broker {display_url(URL(url))}: {type(exc).__name__}", file=sys.stderr)
+        print(f"error: broker {brokers.display(url)}: {type(exc).__name__}", file=sys.stderr)
         return 1
     print(f"replayed {replayed}, {failed} not replayed (left in place)")
     return 0 if failed == 0 else 1
 
 
 async def _replay(url: str, parked: ParkedRecords, records: list[Parked]) -> tuple[int, int]:
-    connection = await aio_pika.connect(url)
+    connection = await brokers.connect(url)
     replayed = failed = 0
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

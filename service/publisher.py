@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aio_pika
 import aiormq
@@ -21,16 +21,18 @@ from aiormq import spec
 from aiormq.abc import AbstractChannel
 from yarl import URL
 
+from service import blocking, brokers
+from service.brokers import Nodes
 from service.bus import BusNames, Outgoing
 from service.confirm_channel import ConfirmChannel
 from service.errors import (
+    BrokerBlocked,
     BrokerUnavailable,
     PublishFailed,
     PublishNacked,
     PublishReturned,
     PublishTimeout,
 )
-from service.settings import display_url
 from service.supervise import keep_running, stop
 from service.timing import backoff
 from service.topology import declare_receiver_topology
@@ -43,6 +45,8 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 
+BrokerState = Literal["connected", "blocked", "disconnected"]
+
 
 class Publisher(Protocol):
     """What the HTTP handler needs from the bus."""
@@ -50,6 +54,10 @@ class Publisher(Protocol):
     @property
     def ready(self) -> bool:
         """True while a publish can be confirmed."""
+
+    @property
+    def state(self) -> BrokerState:
+        """`connected`, `blocked` (by an alarm: publishes fail at once) or `disconnected`."""
 
     async def start(self) -> None:
         """Begin connecting; returns without waiting for the broker."""
@@ -87,14 +95,14 @@ class AmqpPublisher:
         timeout: float,
         on_crash: Callable[[str], object] = lambda task: None,
     ) -> None:
-        parsed = URL(url)
-        if "heartbeat" not in parsed.query:
-            parsed = parsed.update_query(heartbeat=DEFAULT_HEARTBEAT)
-        self._url = parsed
+        """`url` is one broker URL or several nodes' separated by commas."""
+        self._nodes = Nodes([_with_heartbeat(each) for each in brokers.split(url)])
         self._names = names
         self._timeout = timeout
         self._channel: AbstractChannel | None = None
         self._fast: ConfirmChannel | None = None
+        # Why the broker blocked the connection (an alarm), while it does.
+        self._blocked: str | None = None
         # Publishes awaiting the broker, by message id: one at a time per id (aiormq
         # matches a return to its publish by id), and identical deliveries share one.
         self._flights: dict[str, _Flight] = {}
@@ -106,8 +114,14 @@ class AmqpPublisher:
 
     @property
     def ready(self) -> bool:
+        return self.state == "connected"
+
+    @property
+    def state(self) -> BrokerState:
         channel = self._channel
-        return channel is not None and not channel.is_closed
+        if channel is None or channel.is_closed:
+            return "disconnected"
+        return "blocked" if self._blocked is not None else "connected"
 
     async def start(self) -> None:
         self._supervisor = keep_running("amqp-publisher", self._supervise, on_crash=self._on_crash)
@@ -121,6 +135,9 @@ class AmqpPublisher:
         fast = self._fast
         if fast is None or fast.is_closed:
             raise BrokerUnavailable
+        if self._blocked is not None:
+            # It would wait the whole PUBLISH_TIMEOUT: fail now, for the spool or a 503.
+            raise BrokerBlocked
         message_id = message.message_id
         while (earlier := self._flights.get(message_id)) is not None:
             if earlier.body == message.body:
@@ -169,22 +186,21 @@ class AmqpPublisher:
             raise PublishNacked
 
     async def _supervise(self) -> None:
-        """Connect, declare, and hold the channel until it closes; then start again."""
+        """Connect to a node, declare, and hold the channel until it closes; then go on."""
         failures = 0
+        nodes = self._nodes
         while True:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    connection = await aio_pika.connect(self._url, timeout=CONNECT_TIMEOUT)
+                    connection = await aio_pika.connect(nodes.current, timeout=CONNECT_TIMEOUT)
             except Exception as exc:
-                # Any failure to connect, of whatever type, means: wait and try again.
+                # Any failure to connect, of whatever type, means: try the next node.
                 if failures == 0:
-                    log.warning(
-                        "broker unreachable",
-                        broker=display_url(self._url),
-                        error=type(exc).__name__,
-                    )
-                await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
-                failures += 1
+                    log.warning("broker unreachable", broker=nodes.shown, error=type(exc).__name__)
+                if nodes.advance():
+                    # A whole round failed: pause before the next, longer each time.
+                    await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
+                    failures += 1
                 continue
             try:
                 await self._hold(connection)
@@ -196,18 +212,41 @@ class AmqpPublisher:
                 failures += 1
             finally:
                 self._channel = self._fast = None
+                self._blocked = None
                 # Closing a connection whose link just died can hang; never let it stop
                 # the loop from connecting again.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_TIMEOUT)
+            # The node that was lost is the least likely to answer now: start with the next.
+            nodes.advance()
             await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
 
     async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_receiver_topology(channel, self._names)
         underlay = await channel.get_underlay_channel()
+        blocking.watch(underlay.connection, self._on_blocking)
         self._fast = ConfirmChannel(underlay)
         self._channel = underlay
-        log.info("broker connected", broker=display_url(self._url), prefix=self._names.prefix)
+        log.info("broker connected", broker=self._nodes.shown, prefix=self._names.prefix)
         await asyncio.wait([underlay.closing])
-        log.warning("broker connection lost")
+        log.warning("broker connection lost", broker=self._nodes.shown)
+
+    def _on_blocking(self, reason: str | None) -> None:
+        if reason is not None:
+            self._blocked = reason
+            log.warning(
+                "broker blocked publishing; deliveries go to the spool or get 503 until it lifts",
+                broker=self._nodes.shown,
+                reason=reason,
+            )
+        elif self._blocked is not None:
+            self._blocked = None
+            log.info("broker unblocked", broker=self._nodes.shown)
+
+
+def _with_heartbeat(url: str) -> str:
+    parsed = URL(url)
+    if "heartbeat" not in parsed.query:
+        parsed = parsed.update_query(heartbeat=DEFAULT_HEARTBEAT)
+    return str(parsed)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from yarl import URL
 
+from service import brokers
 from service.errors import SettingsError
 from service.sources import Network, SourcePolicy, parse_networks
 
@@ -32,16 +33,13 @@ class Secret:
     __str__ = __repr__
 
 
-def display_url(url: URL) -> str:
-    """`url` fit for logs: its password masked, its query (options) left out."""
-    url = url.with_query(None)
-    return str(url.with_password("***")) if url.password else str(url)
-
-
 def url_passwords(url: str) -> tuple[str, ...]:
-    """The password in `url`, decoded and as written (percent-encoded), for masking."""
-    parsed = URL(url)
-    return tuple(p for p in dict.fromkeys((parsed.password, parsed.raw_password)) if p)
+    """The passwords in `url` (a list of URLs), decoded and as written, for masking."""
+    found: dict[str, None] = {}
+    for each in brokers.split(url):
+        parsed = URL(each)
+        found.update(dict.fromkeys(p for p in (parsed.password, parsed.raw_password) if p))
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -79,9 +77,14 @@ class Settings:
         return (*values, *url_passwords(self.amqp_url.value))
 
     @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """The nodes AMQP_URL lists, in order."""
+        return brokers.split(self.amqp_url.value)
+
+    @property
     def broker_display(self) -> str:
-        """The broker URL with its password masked, fit for logs."""
-        return display_url(URL(self.amqp_url.value))
+        """The broker URLs with their passwords masked, fit for logs."""
+        return brokers.display(self.amqp_url.value)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -192,13 +195,9 @@ class EnvReader:
         return values
 
     def amqp_url(self, name: str, default: str) -> str:
+        """One broker URL, or several nodes' separated by commas (`service.brokers`)."""
         raw = self._secret_raw(name) or default
-        try:
-            url = URL(raw)
-        except (TypeError, ValueError):
-            raise SettingsError(name, "is not a valid URL") from None
-        if url.scheme not in ("amqp", "amqps") or not url.host:
-            raise SettingsError(name, "must be an amqp:// or amqps:// URL with a host")
+        brokers.validate(name, raw)
         return raw
 
     def prefix(self, name: str, default: str) -> str:

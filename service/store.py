@@ -116,4 +116,4 @@ class DurableStore:
             drain = self.drain_status()
             if drain is not None:
                 spool.update(drain=str(drain.state), drain_error=drain.error, parked=drain.parked)
-        return {"broker": "connected" if self.publisher.ready else "disconnected", "spool": spool}
+        return {"broker": self.publisher.state, "spool": spool}

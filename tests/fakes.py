@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from service.bus import Outgoing
 from service.errors import PublishFailed
+from service.publisher import BrokerState
 
 
 class MemoryPublisher:
@@ -15,6 +16,10 @@ class MemoryPublisher:
         self.published: list[Outgoing] = []
         self.started = False
         self.closed = False
+
+    @property
+    def state(self) -> BrokerState:
+        return "connected" if self.ready else "disconnected"
 
     async def start(self) -> None:
         self.started = True

@@ -6,13 +6,12 @@ import argparse
 import asyncio
 from typing import Any
 
-import aio_pika
-
 from consumers.dead import inspect_dead, replay_dead
 from consumers.errors import ConsumerError
 from consumers.loader import load
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
+from service import brokers
 
 
 def add(commands: Any) -> None:
@@ -35,7 +34,7 @@ def consumer_names(name: str) -> list[str]:
 
 
 async def _dead(args: argparse.Namespace, settings: WorkerSettings) -> int:
-    connection = await aio_pika.connect(settings.amqp_url.value)
+    connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
         for consumer in consumer_names(args.name):
             queues = ConsumerQueues(settings.bus_prefix, consumer)
@@ -50,7 +49,7 @@ async def _dead(args: argparse.Namespace, settings: WorkerSettings) -> int:
 
 
 async def _replay(args: argparse.Namespace, settings: WorkerSettings) -> int:
-    connection = await aio_pika.connect(settings.amqp_url.value)
+    connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         for consumer in consumer_names(args.name):

@@ -14,6 +14,7 @@ from consumers.prune import depth
 from consumers.registry import registry_queue, rewrite
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
+from service import brokers
 from service.bus import BusNames
 
 
@@ -60,7 +61,7 @@ def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
 
 async def _registered(settings: WorkerSettings) -> dict[str, int | None]:
     """Every consumer the registry knows, with the depth of its queue."""
-    connection = await aio_pika.connect(settings.amqp_url.value, timeout=5)
+    connection = await brokers.connect(settings.amqp_url.value, within=5)
     async with connection:
         names = BusNames(settings.bus_prefix)
         if await depth(connection, registry_queue(names)) is None:

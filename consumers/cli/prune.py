@@ -7,11 +7,10 @@ import asyncio
 import sys
 from typing import Any
 
-import aio_pika
-
 from consumers.prune import CannotRetire, retire
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
+from service import brokers
 from service.bus import BusNames
 
 
@@ -30,7 +29,7 @@ def add(commands: Any) -> None:
 
 
 async def _prune(args: argparse.Namespace, settings: WorkerSettings) -> int:
-    connection = await aio_pika.connect(settings.amqp_url.value)
+    connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
         try:
             report = await retire(

@@ -6,10 +6,9 @@ import argparse
 import asyncio
 from typing import Any
 
-import aio_pika
-
 from consumers.reroute import reroute
 from consumers.settings import WorkerSettings
+from service import brokers
 from service.bus import BusNames
 
 
@@ -23,7 +22,7 @@ def add(commands: Any) -> None:
 
 async def _reroute(args: argparse.Namespace, settings: WorkerSettings) -> int:
     names = BusNames(settings.bus_prefix)
-    connection = await aio_pika.connect(settings.amqp_url.value)
+    connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         result = await reroute(channel, names, args.limit)

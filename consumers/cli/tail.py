@@ -9,12 +9,12 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
 import orjson
 
 from consumers.patterns import normalize_pattern
 from consumers.settings import WorkerSettings
 from consumers.tail import Seen, Tail
+from service import brokers
 from service.bus import BusNames
 
 
@@ -90,7 +90,7 @@ async def _tail(settings: WorkerSettings, patterns: tuple[str, ...], *, as_json:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    connection = await aio_pika.connect(settings.amqp_url.value)
+    connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
         connection.close_callbacks.add(lambda *_: stop.set())
         print(f"tailing {settings.bus_prefix}: {' '.join(patterns)} (Ctrl-C ends)", file=sys.stderr)

@@ -72,10 +72,12 @@ async def settle(within: float = 30.0) -> None:
     A quorum queue keeps writing and compacting after a load ends; on two shared cores
     that work would be charged to whatever is measured next.
     """
-    pids = broker_pids()
     deadline = time.monotonic() + within
-    while pids and time.monotonic() < deadline:
-        before = sum(cpu_seconds(pid) for pid in pids)
-        await asyncio.sleep(1.0)
-        if sum(cpu_seconds(pid) for pid in pids) - before < 0.1:
-            return
+    while (pids := broker_pids()) and time.monotonic() < deadline:
+        try:
+            before = sum(cpu_seconds(pid) for pid in pids)
+            await asyncio.sleep(1.0)
+            if sum(cpu_seconds(pid) for pid in pids) - before < 0.1:
+                return
+        except FileNotFoundError:
+            continue  # a short-lived Erlang VM (rabbitmqctl) ended meanwhile

@@ -13,6 +13,7 @@ import uvloop
 
 from service.bus import Outgoing
 from service.logs import configure_logging
+from service.publisher import BrokerState
 from service.server import serve
 from service.settings import Settings
 
@@ -21,6 +22,7 @@ class InstantPublisher:
     """Confirms every message at once and keeps none of them."""
 
     ready = True
+    state: BrokerState = "connected"
 
     async def start(self) -> None:
         pass
