@@ -161,7 +161,10 @@ async def receive(request: web.Request) -> web.Response:
     try:
         ctx.metrics.storing += 1
         try:
-            line["stored"] = where = await ctx.store.store(message)
+            where, cause = await ctx.store.store(message)
+            line["stored"] = where
+            if cause is not None:
+                line["spooled_because"] = cause
         finally:
             ctx.metrics.storing -= 1
         ctx.metrics.stored(where).observe(time.perf_counter() - started)

@@ -88,16 +88,19 @@ class DurableStore:
         """Whether a delivery can be stored durably now."""
         return self.publisher.ready or (self.spool is not None and self.spool.accepting)
 
-    async def store(self, message: Outgoing) -> Where:
-        """Store `message`; raise `PublishFailed` or `SpoolError` when neither place takes it."""
+    async def store(self, message: Outgoing) -> tuple[Where, str | None]:
+        """Store `message`: where, and why not on the broker (the publish's error), if so.
+
+        Raises `PublishFailed` or `SpoolError` when neither place takes it.
+        """
         try:
             await self.publisher.publish(message)
-        except PublishFailed:
+        except PublishFailed as failure:
             if self.spool is None:
                 raise
             await self.spool.append(message)
-            return "spool"
-        return "broker"
+            return "spool", type(failure).__name__
+        return "broker", None
 
     def drain_status(self) -> DrainStatus | None:
         return self.drainer.status() if self.drainer is not None else None

@@ -173,8 +173,10 @@ class BusView:
             await self.channel.exchange_delete(exchange)
 
 
-async def open_bus(prefix: str) -> tuple[aio_pika.abc.AbstractConnection, BusView]:
-    connection = await aio_pika.connect(AMQP_URL)
+async def open_bus(
+    prefix: str, url: str = AMQP_URL
+) -> tuple[aio_pika.abc.AbstractConnection, BusView]:
+    connection = await aio_pika.connect(url)
     channel = await connection.channel()
     return connection, BusView(channel, BusNames(prefix))
 

@@ -1,16 +1,12 @@
-"""Processes for the fault suite: receivers, counting workers, and a broker the suite owns."""
+"""Processes for the fault suite: receivers and counting workers (nodes: `tests.nodes`)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import pwd
-import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -141,80 +137,3 @@ class Harness:
             if child.process.returncode is None:
                 child.process.kill()
                 await child.process.wait()
-
-
-class OwnedBroker:
-    """A RabbitMQ node of the suite's own, so it may be stopped and started mid-load."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.node = f"faults-{os.getpid()}-{self.port}@localhost"
-        self.base = Path(tempfile.mkdtemp(prefix="faults-broker-"))
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def _ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["rabbitmqctl", "-n", self.node, *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    async def start(self) -> str | None:
-        """Boot the node; return why it cannot be had, or None when it runs."""
-        server = shutil.which("rabbitmq-server")
-        if server is None or shutil.which("rabbitmqctl") is None:
-            return "rabbitmq-server is not installed"
-        (self.base / "enabled_plugins").write_text("[].\n")
-        if _user_exists("rabbitmq"):
-            # rabbitmq-server drops to this user when started as root.
-            shutil.chown(self.base, "rabbitmq", "rabbitmq")
-            shutil.chown(self.base / "enabled_plugins", "rabbitmq", "rabbitmq")
-        env = {
-            **os.environ,
-            "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(free_port()),
-            "RABBITMQ_MNESIA_BASE": str(self.base / "mnesia"),
-            "RABBITMQ_LOG_BASE": str(self.base / "log"),
-            "RABBITMQ_PID_FILE": str(self.base / "pid"),
-            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.base / "enabled_plugins"),
-            "RABBITMQ_CONFIG_FILE": str(self.base / "rabbitmq"),
-        }
-        await asyncio.to_thread(
-            subprocess.run, [server, "-detached"], env=env, capture_output=True, timeout=60
-        )
-        try:
-            async with asyncio.timeout(60):
-                while not _listening(self.port):
-                    await asyncio.sleep(0.25)
-        except TimeoutError:
-            return f"a private RabbitMQ node did not start (logs in {self.base / 'log'})"
-        return None
-
-    def stop_app(self) -> None:
-        self._ctl("stop_app")
-
-    def start_app(self) -> None:
-        self._ctl("start_app")
-
-    def shutdown(self) -> None:
-        self._ctl("stop")
-        shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True

@@ -7,17 +7,22 @@ duplicates and lost. A real worker process counts deliveries by message id.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
 from service.app import WEBHOOK_PATH
-from tests.faults.harness import Harness, OwnedBroker
+from tests.faults.harness import Harness
 from tests.faults.load import Load, deliveries, run_load
+from tests.nodes import Cluster, Node
 from tests.small_fs import SmallFilesystem, in_small_filesystem
 from tests.support import AMQP_URL
 from tests.tcp_proxy import TcpProxy, proxy_to
@@ -211,12 +216,9 @@ async def test_worker_killed(harness: Harness) -> None:
 
 
 async def test_broker_restarted(harness: Harness) -> None:
-    broker = OwnedBroker()
-    reason = await broker.start()
+    broker = Node("faults")
     try:
-        if reason is not None:
-            print(f"\nFAULTS broker restart: skipped, {reason}", flush=True)
-            pytest.skip(reason)
+        await broker.start()
         await harness.worker(amqp_url=broker.url)
         await harness.receiver(amqp_url=broker.url)
         load, task, started = start_load(harness)
@@ -225,6 +227,85 @@ async def test_broker_restarted(harness: Harness) -> None:
         await asyncio.sleep(5)
         await asyncio.to_thread(broker.start_app)
         report = await finish("broker stop_app/start_app", harness, load, task, started)
+        assert report.ok == TOTAL
+    finally:
+        await harness.close()
+        await asyncio.to_thread(broker.shutdown)
+
+
+def connected_port(log: Path) -> int:
+    """The port of the node the receiver last connected to, from its log."""
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    last = [line for line in lines if line.get("event") == "broker connected"][-1]
+    return int(str(last["broker"]).rsplit(":", 1)[1].strip("/"))
+
+
+def outage(log: Path) -> tuple[float, float]:
+    """When the receiver lost its broker (epoch), and how long until it stored on one again."""
+    lines = [json.loads(text) for text in log.read_text().splitlines() if text.startswith("{")]
+    lost = next(_epoch(line) for line in lines if line.get("event") == "broker connection lost")
+    for line in lines:
+        stored = line.get("event") == "delivery" and line.get("stored") == "broker"
+        if stored and _epoch(line) > lost:
+            return lost, _epoch(line) - lost
+    raise AssertionError("the receiver never stored on the broker again")
+
+
+def _epoch(line: dict[str, Any]) -> float:
+    return datetime.fromisoformat(line["timestamp"]).timestamp()
+
+
+async def test_cluster_node_lost(harness: Harness) -> None:
+    cluster = Cluster(3)
+    try:
+        await cluster.start()
+        await harness.worker(amqp_url=cluster.url)
+        receiver = await harness.receiver(amqp_url=cluster.url)
+        queue = f"{harness.prefix}.counter"
+        listed = json.loads(
+            cluster.nodes[0].must("list_queues", "name", "members", "--formatter", "json", "-q")
+        )
+        [members] = [q["members"] for q in listed if q["name"] == queue]
+        assert len(members) == 3  # replicated on every node
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        node = cluster.by_port(connected_port(receiver.log))
+        stopped_at = time.time()
+        await asyncio.to_thread(node.shutdown)  # the receiver's node goes away, VM and all
+        report = await finish("cluster node lost", harness, load, task, started)
+        lost, after = outage(receiver.log)
+        moved = connected_port(receiver.log)
+        print(
+            f"FAULTS   the receiver lost :{node.port} {lost - stopped_at:.2f} s after the stop"
+            f" began, and stored on :{moved} {after:.2f} s after that;"
+            f" answers on the way: {dict(load.answers)}",
+            flush=True,
+        )
+        assert moved != node.port
+        assert report.ok == TOTAL
+    finally:
+        await harness.close()
+        await asyncio.to_thread(cluster.shutdown)
+
+
+async def test_memory_alarm(harness: Harness) -> None:
+    broker = Node("alarm")
+    try:
+        await broker.start()
+        await harness.worker(amqp_url=broker.url)
+        receiver = await harness.receiver(amqp_url=broker.url)
+        load, task, started = start_load(harness)
+        await load.until(TOTAL // 4)
+        await asyncio.to_thread(broker.memory_alarm, True)
+        await asyncio.sleep(OUTAGE_SECONDS / 2)
+        await asyncio.to_thread(broker.memory_alarm, False)
+        report = await finish("memory alarm 5 s", harness, load, task, started)
+        lines = [json.loads(t) for t in receiver.log.read_text().splitlines() if t[:1] == "{"]
+        causes = Counter(
+            str(line.get("spooled_because")) for line in lines if line.get("stored") == "spool"
+        )
+        print(f"FAULTS   spooled during the alarm, by cause: {dict(causes)}", flush=True)
+        assert causes["BrokerBlocked"] > 0  # known at once, not after PUBLISH_TIMEOUT each
         assert report.ok == TOTAL
     finally:
         await harness.close()
