@@ -105,6 +105,8 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._publisher: AbstractChannel | None = None
         self._session: Session | None = None
+        self._renewed_at = -RENEW_PAUSE
+        self._background: set[asyncio.Task[None]] = set()
         # Every copy goes out on one channel, where aiormq matches returns by message id.
         self._one_per_id = OnePerId()
         self.metrics = WorkerMetrics()
@@ -417,6 +419,31 @@ class Worker:
         forwarded = await self._forward(message, message_id, running.queues.dead, extra)
         return outcome if forwarded else "requeued"
 
+    async def _renew_publisher(self) -> None:
+        """After a nack, copies go out on a new channel, at most once per RENEW_PAUSE.
+
+        A channel that published to a quorum queue while it had no leader may go on
+        being refused after the election; a new one is not (`service.publisher`).
+        """
+        session, now = self._session, time.monotonic()
+        if session is None or session.is_closed or now < self._renewed_at + RENEW_PAUSE:
+            return
+        self._renewed_at = now
+        old = self._publisher
+        try:
+            self._publisher = await session.publishing.channel(
+                publisher_confirms=True, on_return_raises=True
+            )
+        except Exception as exc:
+            _quietly(log.warning, "could not open a new channel", error_type=type(exc).__name__)
+            return
+        _quietly(log.warning, "the broker refused a copy; copies go out on a new channel")
+        if old is not None:
+            # What is still on its way there is refused at the close, and goes back.
+            closing = asyncio.create_task(_bounded(old.close(), "close the old channel"))
+            self._background.add(closing)
+            closing.add_done_callback(self._background.discard)
+
     async def _forward(
         self, message: AbstractIncomingMessage, message_id: str, target: str, extra: FieldTable
     ) -> bool:
@@ -440,6 +467,8 @@ class Worker:
                 finally:
                     self._one_per_id.release(message_id, mine)
         except Exception as exc:
+            if isinstance(exc, aiormq.exceptions.DeliveryError):
+                await self._renew_publisher()
             await asyncio.sleep(requeue_pause(message))
             await _settle(message.nack(requeue=True))
             _quietly(
@@ -465,6 +494,9 @@ async def _first(*waits: Awaitable[object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+
+
+RENEW_PAUSE = 1.0
 
 
 def _quietly(method: Callable[..., Any], event: str, **fields: Any) -> None:

@@ -89,6 +89,10 @@ class ConfirmChannel:
             self._loop.call_soon(self._flush)
         return confirmation
 
+    def pending(self) -> list[asyncio.Future[Any]]:
+        """The answers still awaited from the broker."""
+        return [f for f in self._channel.confirmations.values() if not f.done()]
+
     def _forget(self, message_id: str, tag: int) -> None:
         ids = self._channel.message_id_delivery_tag
         if ids.get(message_id) == tag:

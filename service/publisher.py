@@ -44,6 +44,8 @@ DEFAULT_HEARTBEAT = 10
 CONNECT_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
+# At most one new channel per this long after nacks (`AmqpPublisher._hold`).
+RENEW_PAUSE = 1.0
 
 BrokerState = Literal["connected", "blocked", "disconnected"]
 
@@ -103,6 +105,9 @@ class AmqpPublisher:
         self._fast: ConfirmChannel | None = None
         # Why the broker blocked the connection (an alarm), while it does.
         self._blocked: str | None = None
+        # Set by a nack: publishing moves to a new channel (see `_hold`).
+        self._renew = asyncio.Event()
+        self._retiring: set[asyncio.Task[None]] = set()
         # Publishes awaiting the broker, by message id: one at a time per id (aiormq
         # matches a return to its publish by id), and identical deliveries share one.
         self._flights: dict[str, _Flight] = {}
@@ -163,6 +168,12 @@ class AmqpPublisher:
             flight.timer.cancel()
         if self._flights.get(message_id) is flight:
             del self._flights[message_id]
+        answer = flight.confirmation
+        if not answer.cancelled() and (
+            isinstance(answer.exception(), aiormq.exceptions.DeliveryError)
+            or (answer.exception() is None and isinstance(answer.result(), spec.Basic.Nack))
+        ):
+            self._renew.set()
 
     @staticmethod
     async def _outcome(flight: _Flight) -> None:
@@ -217,20 +228,63 @@ class AmqpPublisher:
                 # the loop from connecting again.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_TIMEOUT)
-            # The node that was lost is the least likely to answer now: start with the next.
+            # The node that was lost is the least likely to answer now: go to the next at
+            # once; with one node only, pause first.
             nodes.advance()
-            await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
+            if len(nodes.urls) == 1:
+                await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
 
     async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
+        """Publish on a channel of `connection` until the connection closes.
+
+        A channel whose publishes a quorum queue refused while it had no leader (its
+        node just went away) may go on refusing after a new leader is elected, while a
+        new channel is accepted. So a nack moves publishing to a fresh channel, at most
+        once per RENEW_PAUSE; the old channel closes once its answers are in.
+        """
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_receiver_topology(channel, self._names)
-        underlay = await channel.get_underlay_channel()
+        underlay = await self._use(channel)
         blocking.watch(underlay.connection, self._on_blocking)
+        log.info("broker connected", broker=self._nodes.shown, prefix=self._names.prefix)
+        self._renew.clear()
+        while True:
+            renew = asyncio.ensure_future(self._renew.wait())
+            try:
+                await asyncio.wait([underlay.closing, renew], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                renew.cancel()
+            if underlay.closing.done():
+                break
+            await asyncio.sleep(RENEW_PAUSE)
+            self._renew.clear()
+            fresh = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            old, old_fast = channel, self._fast
+            underlay, channel = await self._use(fresh), fresh
+            log.warning("the broker refused a publish; publishing on a new channel")
+            if old_fast is not None:
+                self._retiring.add(asyncio.create_task(self._retire(old, old_fast)))
+        log.warning("broker connection lost", broker=self._nodes.shown)
+
+    async def _use(self, channel: aio_pika.abc.AbstractChannel) -> AbstractChannel:
+        underlay = await channel.get_underlay_channel()
         self._fast = ConfirmChannel(underlay)
         self._channel = underlay
-        log.info("broker connected", broker=self._nodes.shown, prefix=self._names.prefix)
-        await asyncio.wait([underlay.closing])
-        log.warning("broker connection lost", broker=self._nodes.shown)
+        return underlay
+
+    async def _retire(self, channel: aio_pika.abc.AbstractChannel, fast: ConfirmChannel) -> None:
+        """Close `channel` once the broker has answered what was published on it."""
+        try:
+            pending = fast.pending()
+            if pending:
+                # Closing rejects what is left: those callers spool or answer 503.
+                await asyncio.wait(pending, timeout=self._timeout + 1)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(channel.close(), CLOSE_TIMEOUT)
+            task = asyncio.current_task()
+            if task is not None:
+                self._retiring.discard(task)
 
     def _on_blocking(self, reason: str | None) -> None:
         if reason is not None:

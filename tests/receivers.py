@@ -10,11 +10,15 @@ import socket
 import ssl
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+
+from service.app import WEBHOOK_PATH
+from tests.support import auth_headers, fixture_bodies, with_correlation_id
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -99,6 +103,21 @@ async def readyz(url: str, tls: ssl.SSLContext | None = None) -> int | None:
             return response.status
     except aiohttp.ClientConnectionError:
         return None
+
+
+async def deliver(
+    receiver: Receiver, event: str = "talent_created", correlation: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST a fixture delivery with the API key (a fresh CorrelationId unless given)."""
+    body = with_correlation_id(fixture_bodies()[event], correlation or str(uuid.uuid4()))
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{receiver.url}{WEBHOOK_PATH}", data=body, headers=auth_headers("api_key", body)
+        ) as response,
+    ):
+        answer: dict[str, Any] = await response.json()
+        return response.status, answer
 
 
 SpawnReceiver = Callable[..., Awaitable[Receiver]]

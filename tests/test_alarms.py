@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import aiohttp
 import pytest
 
-from service.app import WEBHOOK_PATH
 from tests.nodes import Node
-from tests.receivers import Receiver, SpawnReceiver
-from tests.support import BusView, auth_headers, fixture_bodies, open_bus, with_correlation_id
+from tests.receivers import Receiver, SpawnReceiver, deliver
+from tests.support import BusView, open_bus
 from tests.worker_processes import start_worker
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]
@@ -52,14 +50,7 @@ async def own_bus(node: Node) -> AsyncIterator[BusView]:
 
 
 async def post(receiver: Receiver) -> tuple[int, dict[str, Any]]:
-    body = with_correlation_id(fixture_bodies()["placement_updated"], str(uuid.uuid4()))
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{receiver.url}{WEBHOOK_PATH}", data=body, headers=auth_headers("api_key", body)
-        ) as response,
-    ):
-        return response.status, await response.json()
+    return await deliver(receiver, "placement_updated")
 
 
 async def until(condition: Any, within: float = 20.0) -> None:

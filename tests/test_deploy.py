@@ -446,7 +446,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
     named_volume_at(postgres, "/var/lib/postgresql/data")
 
     rabbitmq = services["rabbitmq"]
-    assert rabbitmq["image"] == "rabbitmq:3.13-management"
+    assert rabbitmq["image"] == "rabbitmq:4.3-management"
     assert "rabbitmq-diagnostics" in rabbitmq["healthcheck"]["test"]
     named_volume_at(rabbitmq, "/var/lib/rabbitmq")
     assert rabbitmq["environment"]["RABBITMQ_DEFAULT_PASS"] == env_example()["RABBITMQ_PASSWORD"]
@@ -628,6 +628,20 @@ def check_rabbitmq_cluster(doc: Doc) -> None:
     )
     assert "rabbitmq_prometheus" in rabbitmq["additionalPlugins"]
     assert isinstance(rabbitmq.get("additionalConfig", ""), str)
+    assert re.fullmatch(r"rabbitmq:4\.\d+-management", spec["image"]), "a RabbitMQ 4 release"
+    config = {
+        key.strip(): value.strip()
+        for key, _, value in (
+            line.partition("=") for line in rabbitmq["additionalConfig"].splitlines()
+        )
+        if key.strip() and not key.strip().startswith("#")
+    }
+    # Quorum queues sized for the three nodes; no setting RabbitMQ 4.3 ignores or refuses.
+    assert config["quorum_queue.initial_cluster_size"] == str(spec["replicas"])
+    assert config["quorum_queue.continuous_membership_reconciliation.target_group_size"] == str(
+        spec["replicas"]
+    )
+    assert not {k for k in config if k.startswith(("cluster_partition_handling", "ha-"))}
 
 
 def check_scaled_object(doc: Doc) -> None:

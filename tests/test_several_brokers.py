@@ -12,20 +12,15 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from service.app import WEBHOOK_PATH
 from service.settings import Settings
 from tests.nodes import Node, free_port
-from tests.receivers import Receiver, SpawnReceiver
+from tests.receivers import Receiver, SpawnReceiver, deliver
 from tests.support import (
     AMQP_URL,
     BusView,
-    auth_headers,
-    fixture_bodies,
     open_bus,
-    with_correlation_id,
 )
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import recorder
@@ -50,14 +45,7 @@ def port_of(line: dict[str, object]) -> int:
 
 
 async def post(receiver: Receiver, correlation: str) -> int:
-    body = with_correlation_id(fixture_bodies()["talent_created"], correlation)
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{receiver.url}{WEBHOOK_PATH}", data=body, headers=auth_headers("api_key", body)
-        ) as response,
-    ):
-        return response.status
+    return (await deliver(receiver, correlation=correlation))[0]
 
 
 async def until(condition: object, within: float = 30.0) -> None:
