@@ -48,6 +48,7 @@ def table(result: dict[str, Any]) -> str:
     if versus:
         for name, label in (
             ("naive", "naive receiver, 64 connections"),
+            ("naive_uvloop", "naive receiver on uvloop, 64"),
             ("warning", "ours at warning, 64"),
             ("info", "ours at info, 64"),
             ("same", "ours, one delivery repeated, 64"),
