@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
 
 from consumers.event import ATTEMPT, BROKER_HEADERS, ROUTING_KEY, copy_of
@@ -12,7 +13,7 @@ from consumers.topology import ConsumerQueues
 from consumers.transfer import peek, transfer
 
 # Headers that belong to one run through the retries; a replay starts afresh.
-_ATTEMPT_HEADERS = (
+ATTEMPT_HEADERS = (
     ATTEMPT,
     "x-attempts",
     "x-error-type",
@@ -42,7 +43,7 @@ def _death_field(message: AbstractIncomingMessage, name: str) -> object:
     return None
 
 
-def _error_of(message: AbstractIncomingMessage) -> str:
+def error_of(message: AbstractIncomingMessage) -> str:
     headers = message.headers or {}
     kind = headers.get("x-error-type")
     if not isinstance(kind, str):
@@ -52,7 +53,7 @@ def _error_of(message: AbstractIncomingMessage) -> str:
     return f"{kind}: {text[:120]}" if isinstance(text, str) and text else kind
 
 
-def _original_routing_key(message: AbstractIncomingMessage) -> str:
+def original_routing_key(message: AbstractIncomingMessage) -> str:
     headers = message.headers or {}
     key = headers.get(ROUTING_KEY)
     if isinstance(key, str) and key:
@@ -62,6 +63,11 @@ def _original_routing_key(message: AbstractIncomingMessage) -> str:
     if isinstance(keys, list) and keys and isinstance(keys[0], str):
         return keys[0]
     return message.routing_key or ""
+
+
+def fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
+    """A copy of a held message for its consumer's queue: same event, attempts started over."""
+    return copy_of(message, {ROUTING_KEY: original_routing_key(message)}, ATTEMPT_HEADERS)
 
 
 async def inspect_dead(
@@ -76,7 +82,7 @@ async def inspect_dead(
         failures: list[str] = []
 
         def see(message: AbstractIncomingMessage) -> None:
-            errors[_error_of(message)] += 1
+            errors[error_of(message)] += 1
             failed_at = (message.headers or {}).get("x-last-failure-at")
             if isinstance(failed_at, str):
                 failures.append(failed_at)
@@ -107,7 +113,8 @@ async def move_messages(
     """
 
     async def move(message: AbstractIncomingMessage) -> None:
-        copy = copy_of(message, {ROUTING_KEY: _original_routing_key(message)}, _ATTEMPT_HEADERS)
-        await channel.default_exchange.publish(copy, routing_key=target, mandatory=True)
+        await channel.default_exchange.publish(
+            fresh_copy(message), routing_key=target, mandatory=True
+        )
 
     return await transfer(channel, source, limit, move)

@@ -17,6 +17,7 @@ _RUNTIME = frozenset(
     {
         "avionte",
         "cli",
+        "console",
         "consumer",
         "dead",
         "dedupe",

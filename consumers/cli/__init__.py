@@ -13,13 +13,13 @@ import sys
 
 import aio_pika
 
-from consumers.cli import dead, listing, prune, reroute, run, tail
+from consumers.cli import console, dead, listing, prune, reroute, run, tail
 from consumers.errors import ConsumerError
 from consumers.settings import WorkerSettings
 from service.errors import SettingsError
 from service.logs import configure_logging
 
-COMMANDS = (run, listing, dead, prune, reroute, tail)
+COMMANDS = (run, listing, dead, prune, reroute, tail, console)
 
 
 def parser() -> argparse.ArgumentParser:

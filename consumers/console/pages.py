@@ -1,0 +1,292 @@
+"""The console's pages and actions, as an aiohttp application rendered with Jinja2."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+import structlog
+from aio_pika.abc import AbstractChannel, AbstractConnection
+from aiohttp import web
+
+from consumers.console import letters
+from consumers.console.letters import Filter, Letter
+from consumers.console.management import Management
+from consumers.console.overview import overview
+from consumers.console.security import Guard
+from consumers.console.settings import ConsoleSettings
+from consumers.reroute import reroute
+from consumers.topology import ConsumerQueues
+from service import brokers
+from service.bus import BusNames
+
+log = structlog.get_logger("consumers.console")
+
+HERE = Path(__file__).parent
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_KEY = re.compile(r"[0-9a-f]{24}")
+NOTICES = {
+    "replayed": "{n} letter(s) sent back to the consumer's queue.",
+    "discarded": "{n} letter(s) discarded.",
+    "rerouted": "{n} event(s) sent through the events exchange again.",
+    "gone": "That letter is no longer there: replayed or discarded meanwhile.",
+}
+
+
+class Broker:
+    """The console's AMQP connection, made again when lost."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._connection: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+
+    async def connection(self) -> AbstractConnection:
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed:
+                self._connection = await brokers.connect(self._url, within=5)
+            return self._connection
+
+    async def channel(self) -> AbstractChannel:
+        """A channel with publisher confirms, for one sweep; the caller closes it."""
+        connection = await self.connection()
+        return await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+
+CONTEXT = web.AppKey("console", dict)
+
+
+def _ctx(request: web.Request) -> dict[str, Any]:
+    return request.app[CONTEXT]
+
+
+def _consumer(request: web.Request) -> ConsumerQueues:
+    name = request.match_info["name"]
+    if not _NAME.fullmatch(name):
+        raise web.HTTPNotFound(text="no such consumer\n")
+    return ConsumerQueues(_ctx(request)["names"].prefix, name)
+
+
+def _key(request: web.Request) -> str:
+    key = request.match_info["key"]
+    if not _KEY.fullmatch(key):
+        raise web.HTTPNotFound(text="no such letter\n")
+    return key
+
+
+def _filter(values: Any) -> Filter:
+    return Filter(str(values.get("event", ""))[:200], str(values.get("error", ""))[:200])
+
+
+def _page(request: web.Request) -> int:
+    try:
+        return max(0, min(int(request.query.get("page", "0")), 10_000))
+    except ValueError:
+        return 0
+
+
+async def _swept(request: web.Request, queue: str, chosen: Filter) -> dict[str, Any]:
+    ctx = _ctx(request)
+    page, size = _page(request), ctx["settings"].page_size
+    channel = await ctx["broker"].channel()
+    try:
+        listing = await letters.listing(channel, queue, chosen, page, size)
+    finally:
+        await channel.close()
+    pages = max(1, -(-listing.matching // size))
+    return {"listing": listing, "page": page, "pages": pages, "chosen": chosen}
+
+
+async def _found(request: web.Request, queue: str) -> Letter:
+    channel = await _ctx(request)["broker"].channel()
+    try:
+        letter = await letters.find(channel, queue, _key(request))
+    finally:
+        await channel.close()
+    if letter is None:
+        raise web.HTTPNotFound(text="that letter is no longer there\n")
+    return letter
+
+
+def _base(request: web.Request, **values: Any) -> dict[str, Any]:
+    ctx = _ctx(request)
+    notice = NOTICES.get(request.query.get("done", ""))
+    if notice is not None:
+        count = request.query.get("n", "")
+        notice = notice.format(n=count if count.isdigit() else "?")
+    return {
+        "prefix": ctx["names"].prefix,
+        "csrf": ctx["guard"].token(),
+        "notice": notice,
+        "user": ctx["settings"].user,
+        **values,
+    }
+
+
+async def _form(request: web.Request) -> Any:
+    form = await request.post()
+    if not _ctx(request)["guard"].csrf_ok(request, form.get("csrf")):
+        log.warning("console POST refused: bad CSRF token or origin", path=request.path)
+        raise web.HTTPForbidden(text="CSRF token missing or wrong, or another origin\n")
+    return form
+
+
+@aiohttp_jinja2.template("overview.html")
+async def overview_page(request: web.Request) -> dict[str, Any]:
+    ctx = _ctx(request)
+    shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
+    return _base(request, overview=shown)
+
+
+async def overview_json(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
+    return web.json_response(shown.as_json())
+
+
+@aiohttp_jinja2.template("dead.html")
+async def dead_page(request: web.Request) -> dict[str, Any]:
+    queues = _consumer(request)
+    chosen = _filter(request.query)
+    return _base(
+        request,
+        consumer=queues.consumer,
+        queue=queues.dead,
+        **await _swept(request, queues.dead, chosen),
+    )
+
+
+@aiohttp_jinja2.template("letter.html")
+async def letter_page(request: web.Request) -> dict[str, Any]:
+    queues = _consumer(request)
+    letter = await _found(request, queues.dead)
+    return _base(request, consumer=queues.consumer, letter=letter, held="dead")
+
+
+@aiohttp_jinja2.template("discard.html")
+async def discard_page(request: web.Request) -> dict[str, Any]:
+    queues = _consumer(request)
+    letter = await _found(request, queues.dead)
+    return _base(request, consumer=queues.consumer, letter=letter)
+
+
+async def _act(request: web.Request, queue: str, fate: letters.Fate, form: Any) -> int:
+    channel = await _ctx(request)["broker"].channel()
+    try:
+        scope = str(form.get("scope", "one"))
+        if scope == "one":
+            key = str(form.get("key", ""))
+            if not _KEY.fullmatch(key):
+                raise web.HTTPBadRequest(text="which letter? (key missing)\n")
+            return await letters.act(channel, queue, fate, key=key)
+        chosen = _filter(form) if scope == "filtered" else None
+        return await letters.act(channel, queue, fate, chosen=chosen)
+    finally:
+        await channel.close()
+
+
+async def replay(request: web.Request) -> web.Response:
+    queues = _consumer(request)
+    form = await _form(request)
+    count = await _act(request, queues.dead, ("move", queues.main), form)
+    log.info("console replayed dead letters", consumer=queues.consumer, count=count)
+    done = "replayed" if count or form.get("scope") != "one" else "gone"
+    raise web.HTTPSeeOther(f"/consumers/{queues.consumer}?done={done}&n={count}")
+
+
+async def discard(request: web.Request) -> web.Response:
+    queues = _consumer(request)
+    form = await _form(request)
+    if form.get("confirm") != "discard":
+        raise web.HTTPBadRequest(text="a discard must be confirmed\n")
+    count = await _act(request, queues.dead, "drop", {**form, "scope": "one"})
+    log.warning("console discarded a dead letter", consumer=queues.consumer, count=count)
+    raise web.HTTPSeeOther(
+        f"/consumers/{queues.consumer}?done={'discarded' if count else 'gone'}&n={count}"
+    )
+
+
+@aiohttp_jinja2.template("unrouted.html")
+async def unrouted_page(request: web.Request) -> dict[str, Any]:
+    names = _ctx(request)["names"]
+    return _base(request, queue=names.unrouted, **await _swept(request, names.unrouted, Filter()))
+
+
+async def reroute_all(request: web.Request) -> web.Response:
+    await _form(request)
+    channel = await _ctx(request)["broker"].channel()
+    try:
+        result = await reroute(channel, _ctx(request)["names"])
+    finally:
+        await channel.close()
+    log.info("console rerouted", moved=result.moved, still_unrouted=result.still_unrouted)
+    raise web.HTTPSeeOther(f"/unrouted?done=rerouted&n={result.moved}")
+
+
+@aiohttp_jinja2.template("invalid.html")
+async def invalid_page(request: web.Request) -> dict[str, Any]:
+    names = _ctx(request)["names"]
+    return _base(request, queue=names.invalid, **await _swept(request, names.invalid, Filter()))
+
+
+@aiohttp_jinja2.template("letter.html")
+async def invalid_letter(request: web.Request) -> dict[str, Any]:
+    letter = await _found(request, _ctx(request)["names"].invalid)
+    return _base(request, consumer=None, letter=letter, held="invalid")
+
+
+async def invalid_body(request: web.Request) -> web.Response:
+    letter = await _found(request, _ctx(request)["names"].invalid)
+    return web.Response(
+        body=letter.body,
+        content_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{letters.download_name(letter)}"'},
+    )
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[CONTEXT]["broker"].close()
+
+
+def build(settings: ConsoleSettings) -> web.Application:
+    """The console application for `settings`."""
+    guard = Guard(settings.user, settings.password.value)
+    app = web.Application(middlewares=[guard.middleware], client_max_size=64 * 1024)
+    app[CONTEXT] = {
+        "settings": settings,
+        "guard": guard,
+        "names": BusNames(settings.worker.bus_prefix),
+        "broker": Broker(settings.worker.amqp_url.value),
+        "management": Management(settings.management_url.value, settings.worker.vhost),
+    }
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    )
+    app.cleanup_ctx.append(_lifetime)
+    app.router.add_get("/", overview_page)
+    app.router.add_get("/overview.json", overview_json)
+    app.router.add_get("/consumers/{name}", dead_page)
+    app.router.add_get("/consumers/{name}/letters/{key}", letter_page)
+    app.router.add_get("/consumers/{name}/letters/{key}/discard", discard_page)
+    app.router.add_post("/consumers/{name}/replay", replay)
+    app.router.add_post("/consumers/{name}/discard", discard)
+    app.router.add_get("/unrouted", unrouted_page)
+    app.router.add_post("/unrouted/reroute", reroute_all)
+    app.router.add_get("/invalid", invalid_page)
+    app.router.add_get("/invalid/{key}", invalid_letter)
+    app.router.add_get("/invalid/{key}/body", invalid_body)
+    app.router.add_static("/static", HERE / "static", append_version=True)
+    return app
