@@ -131,12 +131,17 @@ def _shown(value: Any) -> str:
 
 
 async def sweep(
-    channel: AbstractChannel, queue: str, decide: Callable[[Letter, AbstractIncomingMessage], Fate]
+    channel: AbstractChannel,
+    queue: str,
+    decide: Callable[[Letter, AbstractIncomingMessage], Fate],
+    keep_through: str = "",
 ) -> int:
     """Take every message `queue` holds now and do with each what `decide` says.
 
-    `keep` puts an exact copy back; `drop` acks it away; `("move", q)` sends a fresh
-    copy (attempts started over) to queue `q`; `("publish", x)` an exact copy through
+    `keep` puts an exact copy back: by the queue's name, or, with `keep_through`,
+    through that exchange with the message's own routing key (`.unrouted`, whose
+    messages are rerouted by it); `drop` acks it away; `("move", q)` sends a fresh copy
+    (attempts started over) to queue `q`; `("publish", x)` an exact copy through
     exchange `x` with its routing key. `channel` must have publisher confirms.
     """
 
@@ -145,9 +150,13 @@ async def sweep(
         if fate == "drop":
             return
         if fate == "keep":
-            await channel.default_exchange.publish(
-                exact_copy(message), routing_key=queue, mandatory=True
-            )
+            if keep_through:
+                exchange = await channel.get_exchange(keep_through, ensure=False)
+                await exchange.publish(exact_copy(message), routing_key=message.routing_key or "")
+            else:
+                await channel.default_exchange.publish(
+                    exact_copy(message), routing_key=queue, mandatory=True
+                )
             return
         kind, target = fate
         if kind == "move":
@@ -163,7 +172,12 @@ async def sweep(
 
 
 async def listing(
-    channel: AbstractChannel, queue: str, chosen: Filter, page: int, size: int
+    channel: AbstractChannel,
+    queue: str,
+    chosen: Filter,
+    page: int,
+    size: int,
+    keep_through: str = "",
 ) -> Listing:
     """Page `page` (from 0) of `queue`'s letters matching `chosen`, newest first."""
     result = Listing()
@@ -179,7 +193,7 @@ async def listing(
             newest.append(letter)
         return "keep"
 
-    await sweep(channel, queue, look)
+    await sweep(channel, queue, look, keep_through)
     ordered = list(reversed(newest))
     result.letters = ordered[page * size : (page + 1) * size]
     return result

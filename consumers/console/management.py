@@ -35,10 +35,15 @@ class QueueInfo:
 class Management:
     """Lists the queues of one vhost whose names start with a prefix."""
 
+    def __repr__(self) -> str:
+        return f"Management({self.display!r})"
+
     def __init__(self, url: str, vhost: str) -> None:
         parsed = URL(url)
-        self._auth = (
-            aiohttp.BasicAuth(parsed.user or "", parsed.password or "") if parsed.user else None
+        self._headers = (
+            {"Authorization": aiohttp.encode_basic_auth(parsed.user, parsed.password or "")}
+            if parsed.user
+            else {}
         )
         self._base = parsed.with_user(None).with_query(None).with_fragment(None)
         self.display = str(self._base)
@@ -49,7 +54,7 @@ class Management:
         found: list[QueueInfo] = []
         page = 1
         try:
-            async with aiohttp.ClientSession(timeout=TIMEOUT, auth=self._auth) as session:
+            async with aiohttp.ClientSession(timeout=TIMEOUT, headers=self._headers) as session:
                 while True:
                     body = await self._page(session, prefix, page)
                     found.extend(_info(item) for item in body.get("items", []))

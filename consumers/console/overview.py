@@ -2,9 +2,10 @@
 
 Consumers are found on the broker, not among the modules installed next to the
 console: a queue `{prefix}.{name}` with a `.dead` beside it is a consumer's. The
-management API gives every count. Without it, the registry `{prefix}.registry` names
-the consumers and AMQP gives what it can (ready messages and consumers, not unacked),
-and the page says why.
+management API lists the queues and gives unacked counts (its statistics are up to
+5 s old); ready messages and attached consumers come from the queues themselves over
+AMQP, so they are exact. Without the management API, the registry `{prefix}.registry`
+names the consumers, unacked counts are unknown, and the page says why.
 """
 
 from __future__ import annotations
@@ -69,7 +70,12 @@ async def overview(
         result = await _from_amqp(connection, names)
         result.problem = f"{exc}. Counts below come over AMQP: no unacked counts."
         return result
-    return _from_listing(names, {q.name: q for q in listed})
+    exact = await _declared(connection, [q.name for q in listed])
+    merged = {}
+    for q in listed:
+        ready, consumers = exact.get(q.name, (q.ready, q.consumers))
+        merged[q.name] = QueueInfo(q.name, ready, q.unacked, consumers)
+    return _from_listing(names, merged)
 
 
 def _depth(info: QueueInfo | None, name: str) -> Depth:
@@ -105,6 +111,28 @@ def _from_listing(names: BusNames, queues: dict[str, QueueInfo]) -> Overview:
         _depth(queues.get(names.unrouted), names.unrouted),
         _depth(queues.get(names.invalid), names.invalid),
     )
+
+
+async def _declared(
+    connection: AbstractConnection, queues: list[str]
+) -> dict[str, tuple[int, int]]:
+    """Ready messages and attached consumers, as each queue says now."""
+    found: dict[str, tuple[int, int]] = {}
+    channel = await connection.channel()
+    try:
+        for name in queues:
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except Exception:
+                # Deleted since it was listed: that closed the channel.
+                channel = await connection.channel()
+                continue
+            result = queue.declaration_result
+            found[name] = (result.message_count or 0, result.consumer_count or 0)
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return found
 
 
 async def _from_amqp(connection: AbstractConnection, names: BusNames) -> Overview:

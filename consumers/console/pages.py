@@ -94,12 +94,14 @@ def _page(request: web.Request) -> int:
         return 0
 
 
-async def _swept(request: web.Request, queue: str, chosen: Filter) -> dict[str, Any]:
+async def _swept(
+    request: web.Request, queue: str, chosen: Filter, keep_through: str = ""
+) -> dict[str, Any]:
     ctx = _ctx(request)
     page, size = _page(request), ctx["settings"].page_size
     channel = await ctx["broker"].channel()
     try:
-        listing = await letters.listing(channel, queue, chosen, page, size)
+        listing = await letters.listing(channel, queue, chosen, page, size, keep_through)
     finally:
         await channel.close()
     pages = max(1, -(-listing.matching // size))
@@ -218,7 +220,9 @@ async def discard(request: web.Request) -> web.Response:
 @aiohttp_jinja2.template("unrouted.html")
 async def unrouted_page(request: web.Request) -> dict[str, Any]:
     names = _ctx(request)["names"]
-    return _base(request, queue=names.unrouted, **await _swept(request, names.unrouted, Filter()))
+    # Kept through the unrouted exchange: a reroute needs each event's own routing key.
+    swept = await _swept(request, names.unrouted, Filter(), keep_through=names.unrouted)
+    return _base(request, queue=names.unrouted, **swept)
 
 
 async def reroute_all(request: web.Request) -> web.Response:
