@@ -34,6 +34,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
+from consumers.console.settings import ConsoleSettings
 from consumers.settings import WorkerSettings
 from service.settings import Settings
 
@@ -181,12 +182,14 @@ def port_number(container: Doc, port: int | str) -> int:
 
 
 def role(container: Doc) -> str:
-    """`receiver` or `worker`, from the command the container runs."""
+    """`receiver`, `worker` or `console`, from the command the container runs."""
     command = container.get("command", [])
     if command == ["python", "-m", "service"]:
         return "receiver"
     if command[:4] == ["python", "-m", "consumers", "run"] and len(command) > 4:
         return "worker"
+    if command == ["python", "-m", "consumers", "console"]:
+        return "console"
     return f"unknown command {command}"
 
 
@@ -749,9 +752,11 @@ def check_policies(docs: list[Doc]) -> None:
     for deployment in deployments.values():
         check_pod(deployment)
         kind = role(pod_spec(deployment)["containers"][0])
-        assert kind in ("receiver", "worker"), f"{ident(deployment)}: {kind}"
+        assert kind in ("receiver", "worker", "console"), f"{ident(deployment)}: {kind}"
         if kind == "receiver":
             check_receiver(docs, deployment)
+        elif kind == "console":
+            check_console(docs, deployment)
         else:
             check_worker(docs, deployment)
 
@@ -766,7 +771,9 @@ def check_pod(deployment: Doc) -> None:
     for container in spec["containers"]:
         where = f"{name} container {container['name']}"
         for probe in ("readinessProbe", "livenessProbe"):
-            assert container.get(probe, {}).get("httpGet"), f"{where}: no {probe}"
+            # The console listens on the pod's loopback only: its probes run inside.
+            kinds = ("httpGet", "exec") if role(container) == "console" else ("httpGet",)
+            assert any(container.get(probe, {}).get(k) for k in kinds), f"{where}: no {probe}"
         for part in ("requests", "limits"):
             assert {"cpu", "memory"} <= set(container["resources"][part]), f"{where}: {part}"
         security = container.get("securityContext", {})
@@ -779,6 +786,21 @@ def check_pod(deployment: Doc) -> None:
         assert "emptyDir" in tmp, f"{where}: /tmp is not an emptyDir"
         image_uid = int(next(i.args for i in final_stage() if i.keyword == "USER").split(":")[0])
         assert security.get("runAsUser", pod_security.get("runAsUser")) == image_uid, where
+
+
+def check_console(docs: list[Doc], deployment: Doc) -> None:
+    """One pod on its loopback, no Service or Ingress to it, its secrets from files."""
+    name = ident(deployment)
+    container = pod_spec(deployment)["containers"][0]
+    env = container_env(container)
+    assert env.get("CONSOLE_HOST", "127.0.0.1") == "127.0.0.1", f"{name}: loopback only"
+    assert deployment["spec"].get("replicas", 1) == 1, name
+    labels = pod_labels(deployment)
+    for service in named(docs, "Service").values():
+        assert not selects(service["spec"].get("selector", {}), labels), f"{name}: a Service"
+    check_secret_files(
+        docs, deployment, ("AMQP_URL_FILE", "CONSOLE_PASSWORD_FILE", "RABBITMQ_MANAGEMENT_URL_FILE")
+    )
 
 
 def check_secret_files(docs: list[Doc], deployment: Doc, variables: tuple[str, ...]) -> None:
@@ -981,6 +1003,11 @@ def test_kubernetes_settings_are_accepted(tmp_path: Path) -> None:
             secrets = [k.value for k in receiver.shared_secrets]
             assert secrets == [files["WEBHOOK_SHARED_SECRETS_FILE"]]
             assert receiver.spool_dir is not None, "the spool is on"
+        elif role(container) == "console":
+            console = ConsoleSettings.from_env(env, WorkerSettings.from_env(env))
+            assert console.password.value == files["CONSOLE_PASSWORD_FILE"]
+            assert console.management_url.value == files["RABBITMQ_MANAGEMENT_URL_FILE"]
+            assert (console.host, console.port) == ("127.0.0.1", 8090)
         else:
             worker = WorkerSettings.from_env(env)
             assert worker.amqp_url.value == files["AMQP_URL_FILE"]
@@ -1126,6 +1153,16 @@ def test_deployed_commands_run_in_the_image(image_venv: ImageVenv) -> None:
             result = image_venv.run([*item.command, "--help"])
             assert result.returncode == 0, f"{where}: {result.stderr}"
             assert "usage: python -m service" in result.stdout
+            continue
+        if item.command == ["python", "-m", "consumers", "console"]:
+            result = image_venv.run([*item.command, "--help"])
+            assert result.returncode == 0, f"{where}: {result.stderr}"
+            # Its pages and static files were installed with the package.
+            listed = "print(sorted(p.name for p in HERE.glob('*/*')))"
+            check = f"from consumers.console.pages import HERE; {listed}"
+            result = image_venv.run(["python", "-c", check])
+            assert "base.html" in result.stdout, f"{where}: {result.stdout} {result.stderr}"
+            assert "console.js" in result.stdout, f"{where}: {result.stdout}"
             continue
         # The modules load, and define the consumer the deployment is named after, whose
         # queue is the one its ScaledObject watches (checked above).
