@@ -37,6 +37,7 @@ typecheck: venv
 pytest: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
+	@deploy/local/ensure-chromium --install >/dev/null
 	$(BIN)/pytest
 
 faults: venv

@@ -1,0 +1,108 @@
+"""`make run` as the Quickstart has it: receiver, example consumers and console, on their defaults.
+
+Only the bus prefix and the example's output directories are the test's own; the ports
+(8080 for the receiver, 8090 for the console, 9100 for worker metrics) are the defaults a
+user meets, so the test fails, saying which, when another program holds one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from consumers import audit_log, placement_sync
+from service.app import WEBHOOK_PATH
+from tests.receivers import ROOT, base_env
+from tests.support import BusView, consumer_queue_names, fixture_bodies
+
+pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(180)]
+
+DEV_DATABASE = "postgresql://postgres@127.0.0.1:5432/avionte_relay"
+
+
+async def answers(url: str, **kwargs: object) -> int | None:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(url, **kwargs) as response:  # type: ignore[arg-type]
+            return response.status
+    except aiohttp.ClientConnectionError:
+        return None
+
+
+async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
+    bus: BusView, tmp_path: Path
+) -> None:
+    for consumer in (audit_log.consumer, placement_sync.consumer):
+        bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+    audit = tmp_path / "audit-log"
+    env = base_env(
+        BUS_PREFIX=bus.names.prefix, AUDIT_LOG_DIR=str(audit), SPOOL_DIR=str(tmp_path / "spool")
+    )
+    out = tmp_path / "make-run.log"
+    with out.open("w") as log:
+        make = await asyncio.create_subprocess_exec(
+            "make", "run", cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        async with asyncio.timeout(90):
+            while await answers("http://127.0.0.1:8080/readyz") != 200:
+                assert make.returncode is None, out.read_text()
+                await asyncio.sleep(0.2)
+            while await answers("http://127.0.0.1:8090/") is None:
+                assert make.returncode is None, out.read_text()
+                await asyncio.sleep(0.2)
+        printed = out.read_text()
+        assert "X-api-key: dev-api-key" in printed
+        assert (
+            "Console:     http://127.0.0.1:8090/  user operator, password dev-console-password"
+            in printed
+        )
+
+        body = fixture_bodies()["placement_updated"]
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                "http://127.0.0.1:8080" + WEBHOOK_PATH,
+                data=body,
+                headers={"X-api-key": "dev-api-key", "Content-Type": "application/json"},
+            ) as response,
+        ):
+            assert response.status == 200
+            message_id = (await response.json())["id"]
+        async with asyncio.timeout(30):
+            while not any(message_id in p.read_text() for p in audit.glob("*.jsonl")):
+                await asyncio.sleep(0.2)
+
+        assert await answers("http://127.0.0.1:8090/") == 401
+        auth = {"Authorization": aiohttp.encode_basic_auth("operator", "dev-console-password")}
+        assert await answers("http://127.0.0.1:8090/", headers=auth) == 200
+    finally:
+        if make.returncode is None:
+            os.killpg(make.pid, signal.SIGINT)  # Ctrl-C, as the README says
+            try:
+                await asyncio.wait_for(make.wait(), 60)
+            except TimeoutError:
+                os.killpg(make.pid, signal.SIGKILL)
+                await make.wait()
+        await _forget_dedupe_rows(bus.names.prefix)
+    assert await answers("http://127.0.0.1:8080/readyz") is None, "the receiver stopped"
+    assert await answers("http://127.0.0.1:8090/") is None, "the console stopped"
+
+
+async def _forget_dedupe_rows(prefix: str) -> None:
+    """`make run` gave placement_sync the local dev database: remove this run's records."""
+    try:
+        connection = await asyncpg.connect(DEV_DATABASE, timeout=5)
+    except (OSError, asyncpg.PostgresError):
+        return  # make run ran without dedupe: nothing was written
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('relay_dedupe') IS NOT NULL")
+        if exists:
+            await connection.execute("DELETE FROM relay_dedupe WHERE scope = $1", prefix)
+    finally:
+        await connection.close()
