@@ -467,7 +467,11 @@ class Worker:
                 finally:
                     self._one_per_id.release(message_id, mine)
         except Exception as exc:
-            if isinstance(exc, aiormq.exceptions.DeliveryError):
+            # A nack, not a return (aiormq's PublishError is a DeliveryError too): returns
+            # say the copy had no queue, not that the channel went bad.
+            if isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
+                exc, aiormq.exceptions.PublishError
+            ):
                 await self._renew_publisher()
             await asyncio.sleep(requeue_pause(message))
             await _settle(message.nack(requeue=True))

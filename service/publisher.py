@@ -169,10 +169,14 @@ class AmqpPublisher:
         if self._flights.get(message_id) is flight:
             del self._flights[message_id]
         answer = flight.confirmation
-        if not answer.cancelled() and (
-            isinstance(answer.exception(), aiormq.exceptions.DeliveryError)
-            or (answer.exception() is None and isinstance(answer.result(), spec.Basic.Nack))
-        ):
+        if answer.cancelled():
+            return
+        failure = answer.exception()
+        # A nack; a return (PublishError, a DeliveryError too) only says no queue took it.
+        nacked = isinstance(failure, aiormq.exceptions.DeliveryError) and not isinstance(
+            failure, aiormq.exceptions.PublishError
+        )
+        if nacked or (failure is None and isinstance(answer.result(), spec.Basic.Nack)):
             self._renew.set()
 
     @staticmethod
