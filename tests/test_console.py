@@ -33,6 +33,7 @@ from tests.consoles import (
     operator_page,
     start_console,
 )
+from tests.nodes import free_port
 from tests.support import BusView
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import failing
@@ -388,3 +389,21 @@ def _shots(tmp_path: Path) -> Path:
     where = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
     where.mkdir(parents=True, exist_ok=True)
     return where
+
+
+async def test_a_broker_out_of_reach_is_a_page_that_says_so(bus: BusView, tmp_path: Path) -> None:
+    closed = f"amqp://guest:broker-pw-31337@127.0.0.1:{free_port()}/"
+    env = console_env(bus.names.prefix, AMQP_URL=closed)
+    running = await start_console(tmp_path / "console.log", env)
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(running.url + "/", headers=basic(USER, PASSWORD)) as response,
+        ):
+            assert response.status == 503
+            text = await response.text()
+        assert "The broker cannot be reached at amqp://" in text
+        assert "broker-pw-31337" not in text
+        assert "broker-pw-31337" not in running.log.read_text()
+    finally:
+        assert await running.stop() == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp_jinja2
+import aiormq
 import jinja2
 import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -18,7 +19,7 @@ from consumers.console import letters
 from consumers.console.letters import Filter, Letter
 from consumers.console.management import Management
 from consumers.console.overview import overview
-from consumers.console.security import Guard
+from consumers.console.security import Guard, Handler
 from consumers.console.settings import ConsoleSettings
 from consumers.reroute import reroute
 from consumers.topology import ConsumerQueues
@@ -257,6 +258,20 @@ async def invalid_body(request: web.Request) -> web.Response:
     )
 
 
+@web.middleware
+async def broker_trouble(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A broker that cannot be reached is a page that says so (503), not a traceback."""
+    try:
+        return await handler(request)
+    except (OSError, TimeoutError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
+        shown = brokers.display(_ctx(request)["settings"].worker.amqp_url.value)
+        log.warning("console: the broker failed", error=type(exc).__name__, path=request.path)
+        return web.Response(
+            status=503,
+            text=f"The broker cannot be reached at {shown} ({type(exc).__name__}). Try again.\n",
+        )
+
+
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[CONTEXT]["broker"].close()
@@ -265,7 +280,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
 def build(settings: ConsoleSettings) -> web.Application:
     """The console application for `settings`."""
     guard = Guard(settings.user, settings.password.value)
-    app = web.Application(middlewares=[guard.middleware], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[guard.middleware, broker_trouble], client_max_size=64 * 1024)
     app[CONTEXT] = {
         "settings": settings,
         "guard": guard,
