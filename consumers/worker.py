@@ -96,8 +96,16 @@ class Worker:
         settings: WorkerSettings,
         *,
         concurrency: int | None = None,
+        tracer: Any = None,
     ) -> None:
+        """`tracer` (from `service.tracing`) traces each handling (`consumers.spans`)."""
         check_unique(consumers)
+        self._tracer = tracer
+        self._spans: Any = None
+        if tracer is not None:
+            from consumers import spans
+
+            self._spans = spans
         self._consumers = tuple(consumers)
         self._settings = settings
         self._names = BusNames(settings.bus_prefix)
@@ -290,6 +298,25 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
         )
+        if self._spans is None:
+            await self._handled(running, message, started, attempt, routing_key)
+            return
+        with self._spans.handling(
+            self._tracer, running.queue.name, name, message, routing_key, attempt
+        ):
+            await self._handled(running, message, started, attempt, routing_key)
+
+    async def _handled(
+        self,
+        running: _Running,
+        message: AbstractIncomingMessage,
+        started: float,
+        attempt: int,
+        routing_key: str,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        name = running.consumer.name
         try:
             outcome = await self._process(running, message, routing_key, attempt)
         except asyncio.CancelledError:
@@ -308,6 +335,8 @@ class Worker:
             running.handling -= 1
         seconds = time.perf_counter() - started
         self.metrics.handled(name, routing_key, outcome, seconds)
+        if self._spans is not None:
+            self._spans.outcome(outcome)
         # Filtered messages are routine for a consumer of a few tenants: debug, not info.
         method = self._log.debug if outcome == "filtered" else self._log.info
         _quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
@@ -365,11 +394,18 @@ class Worker:
                 name = running.consumer.name
                 raise NoHandler(f"no handler of {name!r} matches {event.routing_key!r}")
             for route in taken:
-                await route.handler(event)
+                if self._spans is None:
+                    await route.handler(event)
+                else:
+                    await self._spans.call(
+                        self._tracer, running.consumer.name, route.handler, event
+                    )
         except (Exception, asyncio.CancelledError) as failure:
             task = asyncio.current_task()
             if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
                 raise  # the worker itself is cancelling the handler
+            if self._spans is not None:
+                self._spans.failed(failure)
             if running.once is not None and claim is not None:
                 await running.once.release(claim)
             return failure

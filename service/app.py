@@ -58,10 +58,13 @@ class Context:
     damper: FailureDamper
     metrics: ReceiverMetrics
     log: structlog.typing.FilteringBoundLogger
+    traced: bool = False
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 CONTEXT = web.AppKey("context", Context)
+# A delivery's outcome, for its span (`service.spans`) while tracing is on.
+OUTCOME = web.RequestKey("outcome", str)
 
 
 def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
@@ -93,6 +96,8 @@ async def receive(request: web.Request) -> web.Response:
         ctx.log.info(
             "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
         )
+        if ctx.traced:
+            request[OUTCOME] = outcome
         return response
 
     if ctx.lifecycle.intake_closed:
@@ -220,8 +225,13 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     await store.close()
 
 
-def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web.Application:
-    """Build the receiver. Tests pass their own `publisher`; otherwise it talks to AMQP_URL."""
+def create_app(
+    settings: Settings, *, publisher: Publisher | None = None, tracer: Any = None
+) -> web.Application:
+    """Build the receiver. Tests pass their own `publisher`; otherwise it talks to AMQP_URL.
+
+    With `tracer` (from `service.tracing`), each delivery is traced (`service.spans`).
+    """
     names = BusNames(settings.bus_prefix)
     receiver_metrics = ReceiverMetrics()
 
@@ -244,6 +254,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
         on_drained=receiver_metrics.spool_drained.inc,
         on_drain_failure=lambda cause: receiver_metrics.drain_failure(cause).inc(),
         on_crash=crashed,
+        tracer=tracer,
     )
     damper = FailureDamper(limit=settings.auth_failure_limit, window=settings.auth_failure_window)
     app[CONTEXT] = Context(
@@ -254,9 +265,15 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> web
         damper,
         receiver_metrics,
         bound_logger("service.delivery"),
+        traced=tracer is not None,
     )
     app.cleanup_ctx.append(_store_lifetime)
-    app.router.add_post(WEBHOOK_PATH, receive)
+    if tracer is None:
+        app.router.add_post(WEBHOOK_PATH, receive)
+    else:
+        from service import spans
+
+        app.router.add_post(WEBHOOK_PATH, spans.traced(receive, tracer, WEBHOOK_PATH))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

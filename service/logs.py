@@ -67,6 +67,26 @@ def _text(out: BinaryIO) -> io.TextIOWrapper:
     return kept[1]
 
 
+def _trace_ids() -> list[structlog.typing.Processor]:
+    """While tracing is on, a processor that adds the current span's ids to each line."""
+    from service import tracing
+
+    if not tracing.enabled():
+        return []
+    from service.spans import current_ids
+
+    def add(
+        logger: Any, method: str, event: structlog.typing.EventDict
+    ) -> structlog.typing.EventDict:
+        ids = current_ids()
+        if ids is not None:
+            event.setdefault("trace_id", ids[0])
+            event.setdefault("span_id", ids[1])
+        return event
+
+    return [add]
+
+
 def configure_logging(
     level: str = "info",
     fmt: str = "auto",
@@ -87,6 +107,7 @@ def configure_logging(
     secrets = tuple(redact)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        *_trace_ids(),
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

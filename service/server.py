@@ -19,6 +19,7 @@ import ssl
 import structlog
 from aiohttp import web
 
+from service import tracing
 from service.app import CONTEXT, create_app
 from service.errors import ListenFailed, SettingsError
 from service.limits import fit_connections
@@ -47,7 +48,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 async def serve(settings: Settings, *, publisher: Publisher | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then drain and return; `publisher` as in `create_app`."""
     context = tls_context(settings)
-    app = create_app(settings, publisher=publisher)
+    app = create_app(settings, publisher=publisher, tracer=tracing.tracer("receiver"))
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -98,6 +99,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
         lifecycle.intake_closed = True
         await listener.close()
         await runner.cleanup()
+        tracing.shutdown()
     log.info("stopped")
 
 

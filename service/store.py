@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,8 +39,10 @@ class DurableStore:
         on_drained: Callable[[int], object] = lambda count: None,
         on_drain_failure: Callable[[str], object] = lambda cause: None,
         on_crash: Callable[[str], object] = lambda task: None,
+        tracer: Any = None,
     ) -> None:
         self.publisher = publisher
+        self._tracer = tracer
         self._on_drained = on_drained
         self._on_drain_failure = on_drain_failure
         self._on_crash = on_crash
@@ -56,9 +58,14 @@ class DurableStore:
             self.spool = Spool.open(self._spool_dir, max_bytes=self._spool_max_bytes)
         await self.publisher.start()
         if self.spool is not None:
+            publish: Callable[[Outgoing], Awaitable[None]] = self.publisher.publish
+            if self._tracer is not None:
+                from service import spans
+
+                publish = spans.draining(self._tracer, publish)
             self.drainer = Drainer(
                 self.spool,
-                self.publisher.publish,
+                publish,
                 lambda: self.publisher.ready,
                 on_drained=self._on_drained,
                 on_failure=self._on_drain_failure,
@@ -93,6 +100,11 @@ class DurableStore:
 
         Raises `PublishFailed` or `SpoolError` when neither place takes it.
         """
+        if self._tracer is not None:
+            from service import spans
+
+            spool = self.spool.append if self.spool is not None else None
+            return await spans.store(self._tracer, message, self.publisher.publish, spool)
         try:
             await self.publisher.publish(message)
         except PublishFailed as failure:

@@ -106,15 +106,19 @@ async def readyz(url: str, tls: ssl.SSLContext | None = None) -> int | None:
 
 
 async def deliver(
-    receiver: Receiver, event: str = "talent_created", correlation: str | None = None
+    receiver: Receiver,
+    event: str = "talent_created",
+    correlation: str | None = None,
+    *,
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
 ) -> tuple[int, dict[str, Any]]:
-    """POST a fixture delivery with the API key (a fresh CorrelationId unless given)."""
-    body = with_correlation_id(fixture_bodies()[event], correlation or str(uuid.uuid4()))
+    """POST a fixture delivery (or `raw`) with the API key, fresh CorrelationId unless given."""
+    body = raw or with_correlation_id(fixture_bodies()[event], correlation or str(uuid.uuid4()))
+    sent = {**auth_headers("api_key", body), **(headers or {})}
     async with (
         aiohttp.ClientSession() as session,
-        session.post(
-            f"{receiver.url}{WEBHOOK_PATH}", data=body, headers=auth_headers("api_key", body)
-        ) as response,
+        session.post(f"{receiver.url}{WEBHOOK_PATH}", data=body, headers=sent) as response,
     ):
         answer: dict[str, Any] = await response.json()
         return response.status, answer

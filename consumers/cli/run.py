@@ -16,6 +16,7 @@ from consumers.loader import load
 from consumers.settings import WorkerSettings
 from consumers.threads import HandlerThreads
 from consumers.worker import Worker
+from service import tracing
 
 log = structlog.get_logger("consumers")
 
@@ -39,14 +40,22 @@ def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
 
 
 async def _run(names: list[str], concurrency: int | None, settings: WorkerSettings) -> None:
-    worker = Worker([consumer for _, consumer in load(names)], settings, concurrency=concurrency)
+    worker = Worker(
+        [consumer for _, consumer in load(names)],
+        settings,
+        concurrency=concurrency,
+        tracer=tracing.tracer("worker"),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     threads = HandlerThreads()
     loop.set_default_executor(threads)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await worker.run(stop)
+    try:
+        await worker.run(stop)
+    finally:
+        tracing.shutdown()
     if threads.unfinished:
         # Every message is settled or back on its queue; only stuck threads are left, and
         # Python would wait for them without end.

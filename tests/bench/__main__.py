@@ -19,6 +19,7 @@ import uvloop
 from tests.bench.processes import CHILDREN, run_json, settle
 from tests.bench.receiver import SECONDS, end_to_end, purge, receiver_points, stubbed_point
 from tests.bench.report import TARGETS, plot, table
+from tests.bench.tracing_cost import tracing_cost
 from tests.bench.versus import versus
 from tests.bench.workers import cleanup, dedupe_cost, workers
 from tests.receivers import base_env
@@ -48,6 +49,8 @@ async def main() -> None:
         await purge(prefix)
         print("against the naive receiver ...", flush=True)
         against = await versus(prefix, workdir)
+        print("tracing on and off ...", flush=True)
+        traced = await tracing_cost(prefix, workdir)
         print("receiver with publishing stubbed ...", flush=True)
         stubbed = await stubbed_point(prefix, workdir)
         print("end to end ...", flush=True)
@@ -93,6 +96,7 @@ async def main() -> None:
         # not a bound: they do cost more together, and the ceiling runs on another loop.
         "sum_of_halves": top["cpu_us"] / (stubbed["cpu_us"] + path["cpu_us"]),
         "versus": against,
+        "tracing": traced,
         "end_to_end": e2e,
         **worker,
         "dedupe": dedupe,

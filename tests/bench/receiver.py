@@ -80,7 +80,7 @@ async def ready(url: str) -> bool:
 
 
 async def serving(
-    module: str, prefix: str, workdir: Path, level: str = "info"
+    module: str, prefix: str, workdir: Path, level: str = "info", **extra: str
 ) -> tuple[asyncio.subprocess.Process, str]:
     """Start `python -m module` as a receiver and wait until it is ready; return it and its URL."""
     port = free_port()
@@ -92,6 +92,7 @@ async def serving(
         PORT=str(port),
         LOG_FORMAT="json",
         LOG_LEVEL=level,
+        **extra,
     )
     receiver = await start(["-m", module], env, workdir / f"{module}-{level}-{port}.log")
     async with asyncio.timeout(30):

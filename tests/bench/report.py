@@ -62,6 +62,25 @@ def table(result: dict[str, Any]) -> str:
                     f"  errors {point['errors']}  (best of {len(versus['rounds'])})",
                 )
             )
+    traced = result.get("tracing")
+    if traced:
+        for name, label in (("off", "tracing off, warning, 64"), ("on", "tracing on (100 %), 64")):
+            point = traced["best"][name]
+            rows.append(
+                (
+                    label,
+                    f"{point['per_second']:.0f} req/s",
+                    f"p99 {point['p99_ms']:.1f} ms  CPU {point['cpu_us']:.0f} us/req",
+                )
+            )
+        rows.append(
+            (
+                "tracing on / off",
+                f"{traced['on_vs_off']:.2f}",
+                f"spans exported {traced['spans_received']} for"
+                f" {traced['spans_for_measured']} measured",
+            )
+        )
     rows.append(
         (
             "sum of the halves",
