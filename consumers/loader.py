@@ -32,6 +32,7 @@ _RUNTIME = frozenset(
         "reroute",
         "resources",
         "session",
+        "spans",
         "settings",
         "tail",
         "threads",

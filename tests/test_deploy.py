@@ -36,6 +36,7 @@ import yaml
 
 from consumers.console.settings import ConsoleSettings
 from consumers.settings import WorkerSettings
+from service import tracing
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -996,6 +997,9 @@ def test_kubernetes_settings_are_accepted(tmp_path: Path) -> None:
                 copy.parent.mkdir(exist_ok=True)
                 copy.write_text(files[variable] + "\n", encoding="utf-8")
                 env[variable] = str(copy)
+        if kustomize_command() and role(container) in ("receiver", "worker"):
+            # The example overlay takes the tracing component: these pods export traces.
+            assert tracing.enabled(env), f"{ident(deployment)}: tracing is off"
         if role(container) == "receiver":
             receiver = Settings.from_env(env)
             assert receiver.amqp_url.value == files["AMQP_URL_FILE"]
