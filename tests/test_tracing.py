@@ -105,6 +105,7 @@ async def test_one_trace_goes_from_the_post_to_both_consumers(
 
 
 async def test_a_retry_is_in_the_same_trace_with_the_error_recorded(
+    bus: BusView,
     spawn_receiver: SpawnReceiver,
     spawn_worker: SpawnWorker,
     collector: Collector,
@@ -148,6 +149,10 @@ async def test_a_retry_is_in_the_same_trace_with_the_error_recorded(
     [handler] = child_of(collector.spans, first)
     assert handler.status == ERROR
     assert any(name == "exception" for name, _ in handler.events)
+    # The dead letter keeps the context too: a replay of it lands in the same trace.
+    [letter] = await bus.drain(await bus.queue(f"{bus.names.prefix}.failing.dead"))
+    traceparent = str((letter.headers or {})["traceparent"])
+    assert traceparent.split("-")[1] == server.trace_id
 
 
 async def test_a_spooled_delivery_keeps_its_context_through_the_drain(
