@@ -259,8 +259,10 @@ class Worker:
         # Read when scraped, so counting a message costs no lock.
         self.metrics.in_flight.labels(consumer.name).set_function(lambda: running.handling)
 
+        handle = self._handle if self._spans is None else self._traced
+
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._handle(running, message)
+            await handle(running, message)
 
         running.tag = await queue.consume(on_message)
         return running
@@ -285,6 +287,18 @@ class Worker:
                 return
             await asyncio.wait(set(self._in_flight), timeout=remaining)
 
+    async def _traced(self, running: _Running, message: AbstractIncomingMessage) -> None:
+        """`_handle` inside its CONSUMER span; chosen only while tracing is on."""
+        with self._spans.handling(
+            self._tracer,
+            running.queue.name,
+            running.consumer.name,
+            message,
+            routing_key_of(message),
+            attempt_of(message),
+        ):
+            await self._handle(running, message)
+
     async def _handle(self, running: _Running, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -298,25 +312,6 @@ class Worker:
         structlog.contextvars.bind_contextvars(
             consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
         )
-        if self._spans is None:
-            await self._handled(running, message, started, attempt, routing_key)
-            return
-        with self._spans.handling(
-            self._tracer, running.queue.name, name, message, routing_key, attempt
-        ):
-            await self._handled(running, message, started, attempt, routing_key)
-
-    async def _handled(
-        self,
-        running: _Running,
-        message: AbstractIncomingMessage,
-        started: float,
-        attempt: int,
-        routing_key: str,
-    ) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        name = running.consumer.name
         try:
             outcome = await self._process(running, message, routing_key, attempt)
         except asyncio.CancelledError:
