@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +25,15 @@ from aio_pika.abc import (
     AbstractIncomingMessage,
     AbstractQueue,
 )
-from pamqp.common import FieldTable
 
 from consumers import resources
 from consumers.consumer import Consumer, Route, check_unique
+from consumers.copies import Copies
 from consumers.dedupe import Claim, Patience, open_store
 from consumers.event import (
     ATTEMPT,
     Event,
     attempt_of,
-    copy_of,
     event_from,
     routing_key_of,
 )
@@ -49,13 +48,13 @@ from consumers.metrics import WorkerMetrics, serve_metrics
 from consumers.registry import entry_for, rewrite
 from consumers.session import Session, open_session
 from consumers.settings import WorkerSettings
+from consumers.settling import STEP_TIMEOUT, bounded, quietly, settle
 from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service import brokers
 from service.brokers import Nodes
 from service.bus import BusNames
-from service.confirms import OnePerId
 from service.envelope import body_digest, parse
-from service.errors import BrokerBlocked, InvalidEnvelope
+from service.errors import InvalidEnvelope
 from service.logs import bound_logger
 from service.supervise import keep_running
 from service.supervise import stop as stop_task
@@ -64,9 +63,6 @@ from service.timing import backoff
 
 log = structlog.get_logger("consumers.worker")
 
-FORWARD_TIMEOUT = 10.0
-# Shutdown steps that talk to the broker get this long; without a link they cannot finish.
-SHUTDOWN_STEP_TIMEOUT = 5.0
 CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
 # Refusals at start that no retry can change: the worker stops and says why.
 PERMANENT = (
@@ -111,12 +107,7 @@ class Worker:
         self._names = BusNames(settings.bus_prefix)
         self._concurrency = concurrency
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._publisher: AbstractChannel | None = None
-        self._session: Session | None = None
-        self._renewed_at = -RENEW_PAUSE
-        self._background: set[asyncio.Task[None]] = set()
-        # Every copy goes out on one channel, where aiormq matches returns by message id.
-        self._one_per_id = OnePerId()
+        self._copies = Copies()
         self.metrics = WorkerMetrics()
         self._log = bound_logger("consumers.worker")
         self.ready = asyncio.Event()
@@ -189,11 +180,11 @@ class Worker:
     async def _stop_running(self, running: list[_Running]) -> None:
         log.info("worker stopping", in_flight=len(self._in_flight))
         for item in running:
-            await _bounded(item.queue.cancel(item.tag), "cancel the consumer")
+            await bounded(item.queue.cancel(item.tag), "cancel the consumer")
         await self._drain()
         for item in running:
             # Closing the channel waits for the broker, so every ack sent before it counts.
-            await _bounded(item.channel.close(), "close the channel")
+            await bounded(item.channel.close(), "close the channel")
 
     async def _start_all(self, session: Session, stop: asyncio.Event) -> list[_Running] | None:
         """Open the channels and declare every consumer's queues, retrying what may pass.
@@ -212,7 +203,7 @@ class Worker:
                 )
                 opened.append(publisher)
                 await session.watch(publisher)
-                self._publisher, self._session = publisher, session
+                self._copies.use(session, publisher)
                 running = []
                 for consumer in self._consumers:
                     running.append(await self._start(session.consuming, consumer, opened))
@@ -228,14 +219,14 @@ class Worker:
             ) as exc:
                 if session.is_closed:
                     raise _SessionLost from exc
-                _quietly(
+                quietly(
                     log.warning,
                     "worker start failed; retrying",
                     error_type=type(exc).__name__,
                     error=safe_text(str(exc))[:300],
                 )
                 for channel in opened:
-                    await _bounded(channel.close(), "close the channel")
+                    await bounded(channel.close(), "close the channel")
                 delay = backoff(CONNECT_DELAYS, failures)
                 failures += 1
                 with contextlib.suppress(TimeoutError):
@@ -283,7 +274,7 @@ class Worker:
                     task.cancel()
                 # A handler that ignores its cancellation is left behind, bounded.
                 if self._in_flight:
-                    await asyncio.wait(set(self._in_flight), timeout=SHUTDOWN_STEP_TIMEOUT)
+                    await asyncio.wait(set(self._in_flight), timeout=STEP_TIMEOUT)
                 return
             await asyncio.wait(set(self._in_flight), timeout=remaining)
 
@@ -315,16 +306,16 @@ class Worker:
         try:
             outcome = await self._process(running, message, routing_key, attempt)
         except asyncio.CancelledError:
-            _quietly(log.warning, "handler cancelled; the message goes back to the queue")
+            quietly(log.warning, "handler cancelled; the message goes back to the queue")
             raise
         except Exception as fault:
             # A fault of the runtime, not of the handler: never leave the message stranded.
             outcome = "ok"
             if not message.processed:
                 await asyncio.sleep(requeue_pause(message))
-                await _settle(message.nack(requeue=True))
+                await settle(message.nack(requeue=True))
                 outcome = "requeued"
-            _quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
+            quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
         finally:
             self._in_flight.discard(task)
             running.handling -= 1
@@ -334,7 +325,7 @@ class Worker:
             self._spans.outcome(outcome)
         # Filtered messages are routine for a consumer of a few tenants: debug, not info.
         method = self._log.debug if outcome == "filtered" else self._log.info
-        _quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
+        quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
 
     async def _process(
         self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
@@ -359,20 +350,20 @@ class Worker:
         routes = running.consumer.routes_for(routing_key)
         taken = [route for route in routes if route.takes(event.tenant_id)]
         if routes and not taken:  # no handler takes this tenant
-            await _settle(message.ack())
+            await settle(message.ack())
             return "filtered"
         claim = None
         if running.once is not None and taken:
             claim = await running.once.claim(running.consumer.name, message_id)
             if claim is None:  # a handling of this id succeeded already
-                await _settle(message.ack())
+                await settle(message.ack())
                 return "duplicate"
             event = dataclasses.replace(event, claim=claim)
         failure = await self._call(running, event, taken, claim)
         if failure is None:
             if running.once is not None and claim is not None and not claim.done:
                 await running.once.finish(claim)
-            await _settle(message.ack())
+            await settle(message.ack())
             return "ok"
         return await self._failed(running, message, message_id, routing_key, attempt, failure)
 
@@ -424,7 +415,7 @@ class Worker:
                 running, message, message_id, routing_key, attempt, rejected, "rejected"
             )
         error_type = type(failure).__name__
-        _quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
+        quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
         delays = running.consumer.retry_delays
         if attempt > len(delays):
             return await self._dead(
@@ -433,7 +424,7 @@ class Worker:
         extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
         extra[ATTEMPT] = attempt + 1
         target = running.queues.retry(retry_delay(delays, attempt, failure))
-        forwarded = await self._forward(message, message_id, target, extra)
+        forwarded = await self._copies.forward(message, message_id, target, extra)
         return "retried" if forwarded else "requeued"
 
     async def _dead(
@@ -447,74 +438,8 @@ class Worker:
         outcome: str,
     ) -> str:
         extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
-        forwarded = await self._forward(message, message_id, running.queues.dead, extra)
+        forwarded = await self._copies.forward(message, message_id, running.queues.dead, extra)
         return outcome if forwarded else "requeued"
-
-    async def _renew_publisher(self) -> None:
-        """After a nack, copies go out on a new channel, at most once per RENEW_PAUSE.
-
-        A channel that published to a quorum queue while it had no leader may go on
-        being refused after the election; a new one is not (`service.publisher`).
-        """
-        session, now = self._session, time.monotonic()
-        if session is None or session.is_closed or now < self._renewed_at + RENEW_PAUSE:
-            return
-        self._renewed_at = now
-        old = self._publisher
-        try:
-            self._publisher = await session.publishing.channel(
-                publisher_confirms=True, on_return_raises=True
-            )
-        except Exception as exc:
-            _quietly(log.warning, "could not open a new channel", error_type=type(exc).__name__)
-            return
-        _quietly(log.warning, "the broker refused a copy; copies go out on a new channel")
-        if old is not None:
-            # What is still on its way there is refused at the close, and goes back.
-            closing = asyncio.create_task(_bounded(old.close(), "close the old channel"))
-            self._background.add(closing)
-            closing.add_done_callback(self._background.discard)
-
-    async def _forward(
-        self, message: AbstractIncomingMessage, message_id: str, target: str, extra: FieldTable
-    ) -> bool:
-        """Publish a confirmed copy to `target`, then ack; on failure hand the message back.
-
-        The copy carries `message_id`, the event's own, also when the message had none.
-        """
-        assert self._publisher is not None
-        assert self._session is not None
-        copy = copy_of(message, extra, message_id=message_id)
-        try:
-            if self._session.blocked is not None:
-                # An alarm: the copy would only wait FORWARD_TIMEOUT. Hand the message back.
-                raise BrokerBlocked
-            async with asyncio.timeout(FORWARD_TIMEOUT):
-                mine = await self._one_per_id.acquire(message_id)
-                try:
-                    await self._publisher.default_exchange.publish(
-                        copy, routing_key=target, mandatory=True
-                    )
-                finally:
-                    self._one_per_id.release(message_id, mine)
-        except Exception as exc:
-            # A nack, not a return (aiormq's PublishError is a DeliveryError too): returns
-            # say the copy had no queue, not that the channel went bad.
-            if isinstance(exc, aiormq.exceptions.DeliveryError) and not isinstance(
-                exc, aiormq.exceptions.PublishError
-            ):
-                await self._renew_publisher()
-            await asyncio.sleep(requeue_pause(message))
-            await _settle(message.nack(requeue=True))
-            _quietly(
-                log.error,
-                "broker did not take the copy; the message went back",
-                target=target,
-                error_type=type(exc).__name__,
-            )
-            return False
-        await _settle(message.ack())
-        return True
 
 
 class _SessionLost(Exception):
@@ -529,31 +454,3 @@ async def _first(*waits: Awaitable[object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
-
-
-RENEW_PAUSE = 1.0
-
-
-def _quietly(method: Callable[..., Any], event: str, **fields: Any) -> None:
-    """Log, but never let a failing log call decide a message's fate."""
-    with contextlib.suppress(Exception):  # there is nowhere left to report it
-        method(event, **fields)
-
-
-async def _bounded(step: Awaitable[object], what: str) -> None:
-    """A shutdown step that may fail or hang without a link; the broker requeues what is left."""
-    try:
-        await asyncio.wait_for(step, SHUTDOWN_STEP_TIMEOUT)
-    except Exception as exc:
-        log.warning(f"could not {what}", error_type=type(exc).__name__)
-
-
-async def _settle(step: Awaitable[None]) -> None:
-    """Ack or nack; if the channel is gone the broker redelivers, so only log it."""
-    try:
-        await step
-    except Exception as exc:
-        log.warning(
-            "could not settle the message; the broker will redeliver it",
-            error_type=type(exc).__name__,
-        )
