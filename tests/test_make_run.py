@@ -56,6 +56,10 @@ async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
             while await answers("http://127.0.0.1:8090/") is None:
                 assert make.returncode is None, out.read_text()
                 await asyncio.sleep(0.2)
+            # Until the worker has bound its queues, an event of a new prefix is unrouted.
+            while '"event":"worker started"' not in out.read_text():
+                assert make.returncode is None, out.read_text()
+                await asyncio.sleep(0.2)
         printed = out.read_text()
         assert "X-api-key: dev-api-key" in printed
         assert (
