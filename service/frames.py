@@ -134,17 +134,9 @@ def publish_frames(
     max_content_size: int,
 ) -> bytes:
     """Basic.Publish, its content header and body frames, as one run of bytes."""
-    if encode.DEPRECATED_RABBITMQ_SUPPORT:  # pamqp then encodes integers another way
-        return pamqp_frames(
-            channel,
-            exchange,
-            routing_key,
-            body,
-            properties,
-            mandatory=mandatory,
-            max_content_size=max_content_size,
-        )
     try:
+        if encode.DEPRECATED_RABBITMQ_SUPPORT:  # pamqp then encodes integers another way
+            raise _Unsupported
         method = (
             _METHOD.pack(60, 40, 0)
             + _short(exchange)

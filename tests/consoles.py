@@ -7,80 +7,40 @@ skips, when the browser cannot be had.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import shutil
+import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
-from tests.receivers import ROOT, base_env
+from tests.receivers import ROOT
 from tests.support import AMQP_URL
+from tests.worker_processes import WorkerProcess, start_consumers
 
 PASSWORD = "console-pw-31337"
 USER = "operator"
 
 
-class Console:
-    """A console process with its log in a file."""
+class Console(WorkerProcess):
+    """A console process with its log in a file, and the URL it serves."""
 
-    def __init__(self, process: asyncio.subprocess.Process, log: Path) -> None:
-        self.process = process
-        self.log = log
-        self.url = ""
+    def __init__(self, started: WorkerProcess) -> None:
+        super().__init__(started.process, started.log)
+        [listening] = self.events("console listening")
+        self.url = str(listening["url"]).rstrip("/")
 
-    def lines(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                found.append({"event": line})
-        return found
-
-    async def stop(self) -> int:
-        if self.process.returncode is None:
-            self.process.terminate()
-        return await asyncio.wait_for(self.process.wait(), 20)
+    async def stop(self, signum: int = signal.SIGTERM, within: float = 20) -> int:
+        return await super().stop(signum, within)
 
 
 async def start_console(log: Path, env: dict[str, str]) -> Console:
     """Start a console and wait for its `console listening` line; fail with its log."""
-    with log.open("w") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "consumers",
-            "console",
-            env=base_env(**env),
-            stdout=out,
-            stderr=out,
-        )
-    console = Console(process, log)
-    try:
-        async with asyncio.timeout(20):
-            while True:
-                listening = [
-                    line for line in console.lines() if line.get("event") == "console listening"
-                ]
-                if listening:
-                    console.url = str(listening[0]["url"]).rstrip("/")
-                    return console
-                if process.returncode is not None:
-                    raise AssertionError(f"console exited {process.returncode}: {console.lines()}")
-                await asyncio.sleep(0.05)
-    except BaseException:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        raise
+    return Console(await start_consumers(["console"], log, env, "console listening", "console"))
 
 
 def console_env(prefix: str, **extra: str) -> dict[str, str]:

@@ -41,37 +41,44 @@ class WorkerProcess:
         return await asyncio.wait_for(self.process.wait(), within)
 
 
-async def start_worker(
-    module: str, log: Path, env: dict[str, str], *args: str, within: float = 20
+async def start_consumers(
+    args: list[str], log: Path, env: dict[str, str], ready: str, what: str, within: float = 20
 ) -> WorkerProcess:
-    """Start a worker and wait until it consumes (or fail with its log)."""
+    """Start `python -m consumers ARGS...`; wait until its log says `ready` (or fail with it)."""
     with log.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "consumers",
-            "run",
-            module,
             *args,
             env=base_env(**env),
             stderr=stderr,
             stdout=stderr,
         )
-    worker = WorkerProcess(process, log)
+    started = WorkerProcess(process, log)
     try:
         async with asyncio.timeout(within):
             # Substring, not JSON: the console format is started the same way.
-            while "worker started" not in worker.text():
+            while ready not in started.text():
                 if process.returncode is not None:
-                    text = "\n".join(str(line) for line in worker.log_lines())
-                    raise AssertionError(f"worker exited {process.returncode}: {text}")
+                    text = "\n".join(str(line) for line in started.log_lines())
+                    raise AssertionError(f"{what} exited {process.returncode}: {text}")
                 await asyncio.sleep(0.05)
     except BaseException:
         if process.returncode is None:
             process.kill()
             await process.wait()
         raise
-    return worker
+    return started
+
+
+async def start_worker(
+    module: str, log: Path, env: dict[str, str], *args: str, within: float = 20
+) -> WorkerProcess:
+    """Start a worker and wait until it consumes (or fail with its log)."""
+    return await start_consumers(
+        ["run", module, *args], log, env, "worker started", "worker", within
+    )
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:

@@ -10,41 +10,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.bench.receiver import measure, purge, serving
+from tests.collector import Collector
 
 ROUNDS = 2
 CONNECTIONS = 64
 
 
-class Sink:
-    """Takes OTLP/HTTP exports and counts their spans."""
+class Sink(Collector):
+    """Takes OTLP/HTTP exports and only counts their spans: a bench run sends many."""
 
     def __init__(self) -> None:
-        self.spans = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
+        super().__init__()
+        self.count = 0
 
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 << 20)
-        app.router.add_post("/v1/traces", self._take)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def _take(self, request: web.Request) -> web.Response:
-        exported = ExportTraceServiceRequest.FromString(await request.read())
-        self.spans += sum(len(s.spans) for r in exported.resource_spans for s in r.scope_spans)
-        return web.Response(content_type="application/x-protobuf")
-
-    async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+    def take(self, exported: ExportTraceServiceRequest) -> None:
+        self.count += sum(len(s.spans) for r in exported.resource_spans for s in r.scope_spans)
 
 
 async def tracing_cost(prefix: str, workdir: Path) -> dict[str, Any]:
@@ -80,6 +63,6 @@ async def tracing_cost(prefix: str, workdir: Path) -> dict[str, Any]:
         "best": best,
         "on_vs_off": best["on"]["per_second"] / best["off"]["per_second"],
         # Two spans a measured delivery (the warm-ups add more): what the sink got of them.
-        "spans_received": sink.spans,
+        "spans_received": sink.count,
         "spans_for_measured": 2 * requests_on,
     }
