@@ -6,7 +6,7 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -65,6 +65,8 @@ class Context:
 CONTEXT = web.AppKey("context", Context)
 # A delivery's outcome, for its span (`service.spans`) while tracing is on.
 OUTCOME = web.RequestKey("outcome", str)
+# Starts the delivery's span (once), told whether the delivery authenticated; tracing only.
+SPAN_START: web.RequestKey[Callable[[bool], None]] = web.RequestKey("span_start")
 
 
 def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
@@ -93,11 +95,12 @@ async def receive(request: web.Request) -> web.Response:
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
         ctx.metrics.delivery(outcome, line.get("routing_key"))
+        if ctx.traced:
+            request[SPAN_START](False)
+            request[OUTCOME] = outcome
         ctx.log.info(
             "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
         )
-        if ctx.traced:
-            request[OUTCOME] = outcome
         return response
 
     if ctx.lifecycle.intake_closed:
@@ -138,6 +141,8 @@ async def receive(request: web.Request) -> web.Response:
             )
         return done(_json(401, {"status": "unauthorized"}), "unauthorized")
 
+    if ctx.traced:
+        request[SPAN_START](True)
     receipt = Receipt(line["delivery_id"], method, datetime.now(UTC))
     line["auth"] = str(method)
     message: Outgoing
@@ -273,7 +278,10 @@ def create_app(
     else:
         from service import spans
 
-        app.router.add_post(WEBHOOK_PATH, spans.traced(receive, tracer, WEBHOOK_PATH))
+        continues = settings.trace_sender_context == "authenticated"
+        app.router.add_post(
+            WEBHOOK_PATH, spans.traced(receive, tracer, WEBHOOK_PATH, continue_sender=continues)
+        )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

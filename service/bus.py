@@ -14,6 +14,13 @@ from service.timing import iso_utc
 
 PERSISTENT = 2
 CONTENT_TYPE = "application/json"
+# Set per request (and per span), so two copies of one delivery differ only in these.
+PER_DELIVERY_HEADERS = frozenset(
+    {"x-received-at", "x-delivery-id", "x-auth", "traceparent", "tracestate"}
+)
+_SHARED_PROPERTIES = tuple(
+    name for name in spec.Basic.Properties().attributes() if name not in ("timestamp", "headers")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +57,29 @@ class Outgoing:
     @property
     def message_id(self) -> str:
         return str(self.properties.message_id)
+
+    def same_as(self, other: Outgoing) -> bool:
+        """Whether `other` is this message to the same place, but for its receipt.
+
+        Two such messages may be stored as one: same exchange, routing key, body and
+        properties, leaving out only the receipt time, delivery id, credential kind and
+        trace context of each request.
+        """
+        if (self.exchange, self.routing_key, self.body) != (
+            other.exchange,
+            other.routing_key,
+            other.body,
+        ):
+            return False
+        mine, theirs = self.properties, other.properties
+        if any(getattr(mine, name) != getattr(theirs, name) for name in _SHARED_PROPERTIES):
+            return False
+        return _content_headers(mine) == _content_headers(theirs)
+
+
+def _content_headers(properties: spec.Basic.Properties) -> FieldTable:
+    headers = properties.headers or {}
+    return {k: v for k, v in headers.items() if k not in PER_DELIVERY_HEADERS}
 
 
 @dataclass(frozen=True, slots=True)

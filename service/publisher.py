@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -46,6 +47,8 @@ CLOSE_TIMEOUT = 5.0
 RECONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)
 # At most one new channel per this long after nacks (`AmqpPublisher._hold`).
 RENEW_PAUSE = 1.0
+# A session that lasted this long was healthy: losing it starts the back-off over.
+HEALTHY_SESSION = 5.0
 
 BrokerState = Literal["connected", "blocked", "disconnected"]
 
@@ -75,7 +78,7 @@ class Publisher(Protocol):
 class _Flight:
     """One publish on its way to the broker, which identical deliveries may join."""
 
-    body: bytes
+    message: Outgoing
     confirmation: asyncio.Future[Any]
     timer: asyncio.TimerHandle | None = None
     expired: bool = False
@@ -137,31 +140,45 @@ class AmqpPublisher:
         self._channel = None
 
     async def publish(self, message: Outgoing) -> None:
+        loop = asyncio.get_running_loop()
+        # One deadline for the whole call, however many earlier flights of its id it waits for.
+        deadline = loop.time() + self._timeout
+        self._usable()
+        message_id = message.message_id
+        while (earlier := self._flights.get(message_id)) is not None:
+            if earlier.message.same_as(message):
+                # The same delivery is on its way already (Avionté retries at once):
+                # it is stored exactly when that one is, as one message.
+                await self._outcome(earlier)
+                return
+            # Same id, other message: aiormq tells returns apart by id, so wait for it.
+            try:
+                async with asyncio.timeout_at(deadline):
+                    with contextlib.suppress(PublishFailed):
+                        await self._outcome(earlier)
+            except TimeoutError:
+                raise PublishTimeout from None
+        # Looked up only now: a nack may have moved publishing to a new channel meanwhile.
+        fast = self._usable()
+        try:
+            confirmation = fast.publish(message)
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
+            raise BrokerUnavailable from None
+        flight = _Flight(message, confirmation)
+        flight.timer = loop.call_at(deadline, flight.expire)
+        self._flights[message_id] = flight
+        confirmation.add_done_callback(lambda _: self._landed(message_id, flight))
+        await self._outcome(flight)
+
+    def _usable(self) -> ConfirmChannel:
+        """The channel to publish on now, or the reason there is none."""
         fast = self._fast
         if fast is None or fast.is_closed:
             raise BrokerUnavailable
         if self._blocked is not None:
             # It would wait the whole PUBLISH_TIMEOUT: fail now, for the spool or a 503.
             raise BrokerBlocked
-        message_id = message.message_id
-        while (earlier := self._flights.get(message_id)) is not None:
-            if earlier.body == message.body:
-                # The same delivery is on its way already (Avionté retries at once):
-                # it is stored exactly when that one is, as one message.
-                await self._outcome(earlier)
-                return
-            # Same id, other bytes: aiormq tells returns apart by id, so wait for it.
-            with contextlib.suppress(PublishFailed):
-                await self._outcome(earlier)
-        try:
-            confirmation = fast.publish(message)
-        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
-            raise BrokerUnavailable from None
-        flight = _Flight(message.body, confirmation)
-        flight.timer = asyncio.get_running_loop().call_later(self._timeout, flight.expire)
-        self._flights[message_id] = flight
-        confirmation.add_done_callback(lambda _: self._landed(message_id, flight))
-        await self._outcome(flight)
+        return fast
 
     def _landed(self, message_id: str, flight: _Flight) -> None:
         if flight.timer is not None:
@@ -187,9 +204,13 @@ class AmqpPublisher:
             confirm = await asyncio.shield(flight.confirmation)
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if flight.expired and (task is None or not task.cancelling()):
+            if task is not None and task.cancelling():
+                raise  # this caller is being cancelled (client gone, shutdown)
+            if flight.expired:
                 raise PublishTimeout from None
-            raise
+            # aiormq ends the confirms of a connection it closes (a missed heartbeat, a
+            # close of ours) with CancelledError: the publish failed, the caller did not.
+            raise BrokerUnavailable from None
         except aiormq.exceptions.PublishError:
             raise PublishReturned from None
         except aiormq.exceptions.DeliveryError:
@@ -217,14 +238,14 @@ class AmqpPublisher:
                     await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
                     failures += 1
                 continue
+            began = time.monotonic()
+            failure: Exception | None = None
             try:
                 await self._hold(connection)
-                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("broker session failed", error=type(exc).__name__, detail=str(exc))
-                failures += 1
+                failure = exc
             finally:
                 self._channel = self._fast = None
                 self._blocked = None
@@ -232,11 +253,26 @@ class AmqpPublisher:
                 # the loop from connecting again.
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.shield(connection.close()), CLOSE_TIMEOUT)
-            # The node that was lost is the least likely to answer now: go to the next at
-            # once; with one node only, pause first.
             nodes.advance()
-            if len(nodes.urls) == 1:
-                await asyncio.sleep(backoff(RECONNECT_DELAYS, failures))
+            if failure is None and time.monotonic() - began >= HEALTHY_SESSION:
+                # A node lost after a good session is the least likely to answer now:
+                # go to the next at once; with one node only, pause first.
+                failures = 0
+                if len(nodes.urls) == 1:
+                    await asyncio.sleep(RECONNECT_DELAYS[0])
+                continue
+            # A session that failed (a declare refused, a permission missing) or ended at
+            # once would fail the same way on every node: back off whatever their number.
+            pause = backoff(RECONNECT_DELAYS, failures)
+            failures += 1
+            if failure is not None:
+                log.error(
+                    "broker session failed; connecting again after a pause",
+                    error=type(failure).__name__,
+                    detail=str(failure),
+                    retry_in_s=pause,
+                )
+            await asyncio.sleep(pause)
 
     async def _hold(self, connection: aio_pika.abc.AbstractConnection) -> None:
         """Publish on a channel of `connection` until the connection closes.

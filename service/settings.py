@@ -16,6 +16,8 @@ from service.sources import Network, SourcePolicy, parse_networks
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
+# Whose trace a delivery's span joins: always its own, or an authenticated sender's.
+TRACE_SENDER_CONTEXTS = ("ignore", "authenticated")
 # RabbitMQ 4's default max_message_size; a larger body could never be published.
 MAX_BODY_LIMIT = 16 * 1024 * 1024
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
@@ -70,6 +72,7 @@ class Settings:
     tls_key_file: Path | None = None
     log_level: str = "info"
     log_format: str = "auto"
+    trace_sender_context: str = "ignore"
 
     def secret_values(self) -> tuple[str, ...]:
         """Every secret this configuration holds, for masking in logs."""
@@ -121,6 +124,9 @@ class Settings:
             tls_key_file=env.readable("TLS_KEY_FILE"),
             log_level=env.choice("LOG_LEVEL", cls.log_level, LOG_LEVELS),
             log_format=env.choice("LOG_FORMAT", cls.log_format, LOG_FORMATS),
+            trace_sender_context=env.choice(
+                "TRACE_SENDER_CONTEXT", cls.trace_sender_context, TRACE_SENDER_CONTEXTS
+            ),
         )
         if (settings.tls_cert_file is None) != (settings.tls_key_file is None):
             missing = "TLS_KEY_FILE" if settings.tls_key_file is None else "TLS_CERT_FILE"

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from service.app import WEBHOOK_PATH, create_app
 from service.settings import Secret
 from tests.conftest import ReceiverFactory
-from tests.support import AMQP_URL, BusView, auth_headers, receiver_settings
+from tests.receivers import base_env, free_port
+from tests.support import AMQP_URL, API_KEYS, BusView, auth_headers, receiver_settings
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
@@ -156,3 +160,99 @@ async def test_nack_is_a_503(bus: BusView, start_receiver: ReceiverFactory) -> N
     assert status == 503
     await full.unbind(bus.names.events, routing_key="placement.updated")
     assert (await post_event(client))[0] == 200
+
+
+def with_heartbeat(proxy: TcpProxy, seconds: int) -> Secret:
+    return Secret(str(URL(proxy.url_for(AMQP_URL)).update_query(heartbeat=seconds)))
+
+
+@pytest.mark.parametrize("spooled", [True, False], ids=["spool", "no-spool"])
+async def test_a_stall_the_heartbeat_ends_leaves_no_delivery_unanswered(
+    bus: BusView, proxy: TcpProxy, start_receiver: ReceiverFactory, tmp_path: Path, spooled: bool
+) -> None:
+    # The heartbeat notices the stall long before PUBLISH_TIMEOUT: aiormq then ends the
+    # confirms in flight with CancelledError, which must not cancel the requests too.
+    spool = {"spool_dir": tmp_path / "spool"} if spooled else {}
+    client = await start_receiver(amqp_url=with_heartbeat(proxy, 2), publish_timeout=30, **spool)
+    queue = await bus.probe("placement.updated")
+    assert (await post_event(client))[0] == 200
+    await bus.drain(queue)
+
+    proxy.stall()
+    results = await asyncio.gather(*(post_event(client) for _ in range(12)))
+    statuses = [status for status, _, _ in results]
+    if spooled:
+        assert statuses == [200] * 12
+    else:
+        assert set(statuses) <= {200, 503}
+    proxy.resume()
+    await proxy.cut()  # the stalled connection is dead to the receiver; let it reconnect
+    stored = {correlation_id for status, correlation_id, _ in results if status == 200}
+    async with asyncio.timeout(30):
+        received: set[str] = set()
+        while not stored <= received:
+            received.add(str((await bus.get(queue, timeout=30)).message_id))
+
+
+async def test_deliveries_sharing_an_id_are_answered_within_the_timeout(
+    bus: BusView, proxy: TcpProxy, start_receiver: ReceiverFactory
+) -> None:
+    client = await start_receiver(amqp_url=via(proxy), publish_timeout=PUBLISH_TIMEOUT)
+    assert (await post_event(client))[0] == 200
+    proxy.stall()
+
+    async def post(n: int) -> tuple[int, float]:
+        body = json.dumps(
+            {"EventName": "placement_updated", "CorrelationId": "shared-id", "N": n}
+        ).encode()
+        started = time.monotonic()
+        response = await client.post(WEBHOOK_PATH, data=body, headers=auth_headers("api_key", body))
+        return response.status, time.monotonic() - started
+
+    results = await asyncio.gather(*(post(n) for n in range(6)))
+    assert [status for status, _ in results] == [503] * 6
+    # Each waits for the earlier publishes of its id, but never past its own deadline.
+    assert max(took for _, took in results) < PUBLISH_TIMEOUT + 1.5
+    proxy.resume()
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+async def test_a_session_that_fails_after_connecting_backs_off_whatever_the_nodes(
+    bus: BusView, tmp_path: Path, nodes: int
+) -> None:
+    # A quarantine queue of the wrong type: every session connects, then its declare fails.
+    await bus.channel.declare_queue(bus.names.invalid, durable=True)
+    urls = [AMQP_URL, str(URL(AMQP_URL).with_host("localhost"))][:nodes]
+    log = tmp_path / "receiver.log"
+    env = base_env(
+        AMQP_URL=",".join(urls),
+        BUS_PREFIX=bus.names.prefix,
+        WEBHOOK_API_KEYS=API_KEYS[0],
+        HOST="127.0.0.1",
+        PORT=str(free_port()),
+        LOG_FORMAT="json",
+    )
+    with log.open("w") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service", env=env, stderr=stderr
+        )
+    try:
+
+        def failures() -> list[dict[str, Any]]:
+            lines = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+            return [
+                line for line in lines if str(line["event"]).startswith("broker session failed")
+            ]
+
+        async with asyncio.timeout(20):
+            while not failures():
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(4)
+        seen = failures()
+    finally:
+        process.kill()
+        await process.wait()
+    # The pauses run 0.5, 1, 2, 5 s: a handful of attempts in 4 s, not hundreds.
+    assert 1 < len(seen) <= 5
+    assert "PRECONDITION_FAILED" in seen[0]["detail"]
+    assert [line["retry_in_s"] for line in seen[:3]] == [0.5, 1.0, 2.0]

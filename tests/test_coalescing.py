@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
 from service.app import WEBHOOK_PATH
+from service.auth import AuthMethod
+from service.bus import BusNames, Outgoing, Receipt, event_message, invalid_message
+from service.envelope import parse
 from tests.conftest import ReceiverFactory
+from tests.receivers import SpawnReceiver
 from tests.support import API_KEYS, BusView
 
 pytestmark = pytest.mark.rabbit
@@ -53,3 +59,58 @@ async def test_one_id_with_other_bytes_is_published_as_sent(
     received = [await bus.get(probe) for _ in bodies]
     assert sorted(m.body for m in received) == sorted(bodies)
     assert await bus.drain(probe) == []
+
+
+async def test_one_body_to_two_places_is_two_publishes(
+    bus: BusView, spawn_receiver: SpawnReceiver
+) -> None:
+    # No CorrelationId: both get the body's digest as their id. Sent plain it is an
+    # event; sent gzip-encoded it goes to quarantine (as `python -m service` serves it,
+    # bodies are not decompressed). Neither may stand in for the other.
+    receiver = await spawn_receiver()
+    probe = await bus.probe("#")
+    invalid = await bus.queue(bus.names.invalid)
+    url = f"{receiver.url}{WEBHOOK_PATH}"
+    async with aiohttp.ClientSession() as session:
+
+        async def post(body: bytes, headers: dict[str, str]) -> str:
+            async with session.post(url, data=body, headers=headers) as response:
+                return str((await response.json())["status"])
+
+        for n in range(20):
+            body = json.dumps({"EventName": "talent_created", "N": n}).encode()
+            encoded = {**HEADERS, "Content-Encoding": "gzip"}
+            answers = await asyncio.gather(post(body, HEADERS), post(body, encoded))
+            assert list(answers) == ["accepted", "quarantined"]
+            event = await bus.get(probe)
+            assert (event.body, event.routing_key) == (body, "talent.created")
+            quarantined = await bus.get(invalid)
+            assert quarantined.body == body
+            assert (quarantined.headers or {})["x-invalid-reason"] == "content_encoding"
+
+
+def test_copies_differ_only_in_their_receipt() -> None:
+    body = json.dumps({"EventName": "talent_created", "CorrelationId": "c-1"}).encode()
+    names = BusNames("p")
+
+    def message(auth: AuthMethod, delivery: str) -> Outgoing:
+        receipt = Receipt(delivery, auth, datetime.now(UTC))
+        return event_message(names, parse(body), body, receipt)
+
+    first = message(AuthMethod.API_KEY, "d-1")
+    assert first.same_as(message(AuthMethod.HMAC, "d-2"))
+    quarantined = invalid_message(
+        names, body, "content_encoding", Receipt("d-3", AuthMethod.HMAC, datetime.now(UTC))
+    )
+    assert not first.same_as(quarantined)
+    other_tenant = event_message(
+        names,
+        parse(
+            json.dumps(
+                {"EventName": "talent_created", "CorrelationId": "c-1", "FrontOfficeTenantId": 7}
+            ).encode()
+        ),
+        body,
+        Receipt("d-4", AuthMethod.API_KEY, datetime.now(UTC)),
+    )
+    assert not first.same_as(other_tenant)  # a header of its content differs

@@ -14,8 +14,10 @@ from asyncio.subprocess import PIPE
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from service.app import WEBHOOK_PATH
 from tests.collector import CONSUMER, ERROR, INTERNAL, PRODUCER, SERVER, Collector, Span
 from tests.receivers import ROOT, SpawnReceiver, base_env, deliver
 from tests.support import AMQP_URL, BusView
@@ -64,7 +66,9 @@ async def test_one_trace_goes_from_the_post_to_both_consumers(
         LOG_FORMAT="json",
         **collector.env("relay-worker"),
     )
-    receiver = await spawn_receiver(**collector.env("relay-receiver"))
+    receiver = await spawn_receiver(
+        TRACE_SENDER_CONTEXT="authenticated", **collector.env("relay-receiver")
+    )
     parent = {"traceparent": f"00-{INCOMING_TRACE}-{INCOMING_SPAN}-01"}
     status, answer = await deliver(receiver, "talent_created", headers=parent)
     assert status == 200
@@ -77,7 +81,8 @@ async def test_one_trace_goes_from_the_post_to_both_consumers(
     await collector.until(complete)
     spans = collector.spans
     [server] = of_kind(spans, SERVER, INCOMING_TRACE)
-    assert server.parent == INCOMING_SPAN  # the sender's traceparent is honoured
+    # Opted in, an authenticated sender's traceparent is honoured.
+    assert server.parent == INCOMING_SPAN
     assert server.service == "relay-receiver"
     assert server.name == "POST /webhooks/avionte"
     assert server.attributes["http.request.method"] == "POST"
@@ -246,3 +251,40 @@ async def test_with_no_variable_set_nothing_is_loaded_and_no_header_added(
     out, err = await done.communicate()
     assert done.returncode == 0, err.decode()
     assert out.decode().strip() == "[]"
+
+
+@pytest.mark.parametrize("opted_in", [False, True], ids=["default", "authenticated"])
+async def test_a_request_chooses_neither_sampling_nor_trace_unless_trusted(
+    bus: BusView, spawn_receiver: SpawnReceiver, collector: Collector, opted_in: bool
+) -> None:
+    probe = await bus.probe("talent.#")
+    chosen = {"TRACE_SENDER_CONTEXT": "authenticated"} if opted_in else {}
+    receiver = await spawn_receiver(
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.1",
+        **chosen,
+        **collector.env("relay-receiver"),
+    )
+    sampled = {
+        "traceparent": f"00-{INCOMING_TRACE}-{INCOMING_SPAN}-01",
+        "tracestate": "intruder=1",
+    }
+    async with aiohttp.ClientSession() as session:
+        for _ in range(40):
+            async with session.post(
+                f"{receiver.url}{WEBHOOK_PATH}", data=b"{}", headers=sampled
+            ) as response:
+                assert response.status == 401
+    assert (await deliver(receiver, "talent_created", headers=sampled))[0] == 200
+    assert await receiver.stop() == 0  # exports what is buffered
+    message = await bus.get(probe)
+    headers = message.headers or {}
+    joined = [s for s in collector.spans if s.trace_id == INCOMING_TRACE]
+    if opted_in:
+        # Only the authenticated delivery joined the sender's trace, and it was sampled.
+        assert [s.kind for s in joined if s.kind == SERVER] == [SERVER]
+        assert str(headers["traceparent"]).split("-")[1] == INCOMING_TRACE
+    else:
+        assert joined == []
+        assert str(headers["traceparent"]).split("-")[1] != INCOMING_TRACE
+        assert "intruder" not in str(headers.get("tracestate", ""))
