@@ -33,6 +33,14 @@ class Route:
     handler: Handler
     tenants: frozenset[int] | None = None  # None: every tenant
 
+    @property
+    def name(self) -> str:
+        """The handler's dotted name: what dedupe records once it has succeeded."""
+        handler = self.handler
+        module = getattr(handler, "__module__", None) or type(handler).__module__
+        qualname = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+        return f"{module}.{qualname}"
+
     def takes(self, tenant_id: int | None) -> bool:
         """Whether an event of `tenant_id` (None: no tenant) runs this handler."""
         return self.tenants is None or tenant_id in self.tenants

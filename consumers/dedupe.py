@@ -6,10 +6,13 @@ A row is either
 
 - `claimed`: a replica handles the message now, until `lease_until`, which it keeps
   moving on while its handler runs; a crashed replica's claim simply runs out; or
-- `done`: a handling succeeded; every later delivery is a duplicate.
+- `done`: every handler succeeded; every later delivery is a duplicate.
 
-A handling that fails deletes its claim, so its retry runs. The store answers; the
-worker (`consumers.worker`) decides what becomes of the message.
+`handled` names the handlers that already succeeded on an earlier attempt (one that
+committed `event.transaction()`, or that ran before another handler raised): a retry
+runs only the others. A handling that fails gives up its claim at once, so its retry
+runs. The store answers; the worker (`consumers.worker`) decides what becomes of the
+message.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ CREATE TABLE IF NOT EXISTS relay_dedupe (
     PRIMARY KEY (scope, consumer, message_id)
 );
 CREATE INDEX IF NOT EXISTS relay_dedupe_updated_at ON relay_dedupe (updated_at);
+ALTER TABLE relay_dedupe ADD COLUMN IF NOT EXISTS handled text[] NOT NULL DEFAULT '{}';
 """
 
 # A new row, or a claim whose lease ran out, becomes ours; a live claim or a done row stays.
@@ -62,7 +66,7 @@ VALUES ($1, $2, $3, 'claimed', $4, now() + make_interval(secs => $5))
 ON CONFLICT (scope, consumer, message_id) DO UPDATE
     SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
     WHERE row.state = 'claimed' AND row.lease_until < now()
-RETURNING owner
+RETURNING owner, handled
 """
 _STATE = """
 SELECT state, extract(epoch FROM lease_until - now()) FROM relay_dedupe
@@ -76,18 +80,48 @@ _RENEW = """
 UPDATE relay_dedupe SET lease_until = now() + make_interval(secs => $5), updated_at = now()
 WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
 """
+# One handler's success, inside its transaction; the last one's makes the row `done`.
+_HANDLED = """
+UPDATE relay_dedupe
+SET handled = array_append(handled, $5), updated_at = now(),
+    state = CASE WHEN $6 THEN 'done' ELSE state END
+WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+"""
 _RELEASE = """
 DELETE FROM relay_dedupe
 WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
 """
+# A failed handling that leaves handlers done keeps them, and its claim ends at once.
+_RELEASE_KEEPING = """
+UPDATE relay_dedupe
+SET handled = ARRAY(SELECT DISTINCT unnest(handled || $5::text[])),
+    lease_until = '-infinity', updated_at = now()
+WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+"""
+# Old records go; a live claim stays, however old, so no second replica takes its message.
 _PRUNE = """
 DELETE FROM relay_dedupe WHERE ctid IN (
-    SELECT ctid FROM relay_dedupe WHERE updated_at < now() - make_interval(secs => $1) LIMIT $2
+    SELECT ctid FROM relay_dedupe
+    WHERE updated_at < now() - make_interval(secs => $1)
+      AND NOT (state = 'claimed' AND lease_until >= now())
+    LIMIT $2
 )
 """
 
-# The database errors a handling waits out; others are bugs and end like any fault.
-UNAVAILABLE = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError)
+# The database errors a handling waits out: no connection (class 08), a server shutting
+# down, restarting or starting up (57: 57P01, 57P03, ...), out of connections, memory or
+# disk (53), a transaction rolled back by a conflict (40), and a standby not yet promoted
+# (25006). Others are bugs and end like any fault.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.TransactionRollbackError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+)
 
 
 class StoreUnreachable(ConsumerError):
@@ -100,13 +134,20 @@ class ClaimLost(Exception):
 
 @dataclass(slots=True)
 class Claim:
-    """This replica's claim on one message for one consumer."""
+    """This replica's claim on one message for one consumer.
+
+    The worker keeps `pending` (the handlers still to succeed) and `current` (the one
+    running) up to date, so that a transaction knows what it records.
+    """
 
     store: DedupeStore
     consumer: str
     message_id: str
     owner: str
-    done: bool = field(default=False)
+    handled: frozenset[str] = frozenset()  # succeeded on an earlier attempt
+    pending: set[str] = field(default_factory=set)
+    current: str | None = None
+    done: bool = False
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -159,11 +200,11 @@ class DedupeStore:
         """Claim the message, or say it is done already, or how long another claim lasts."""
         owner = f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}"
         async with self._pool.acquire() as connection:
-            got = await connection.fetchval(
+            got = await connection.fetchrow(
                 _CLAIM, self.scope, consumer, message_id, owner, self.lease
             )
-            if got == owner:
-                return Claim(self, consumer, message_id, owner)
+            if got is not None and got["owner"] == owner:
+                return Claim(self, consumer, message_id, owner, frozenset(got["handled"]))
             row = await connection.fetchrow(_STATE, self.scope, consumer, message_id)
         if row is None:
             return 0.0  # released between the two statements: try again at once
@@ -183,22 +224,35 @@ class DedupeStore:
             status = await connection.execute(_RENEW, *claim.key, self.lease)
         return status != "UPDATE 0"
 
-    async def release(self, claim: Claim) -> None:
-        """Forget a claim whose handling failed, so that its retry runs."""
+    async def release(self, claim: Claim, succeeded: Sequence[str] = ()) -> None:
+        """End a claim whose handling failed, so that its retry runs at once.
+
+        The handlers that succeeded (`succeeded`, and on earlier attempts) are kept, so
+        the retry runs only those that did not.
+        """
         async with self._pool.acquire() as connection:
-            await connection.execute(_RELEASE, *claim.key)
+            if claim.handled or succeeded:
+                await connection.execute(_RELEASE_KEEPING, *claim.key, list(succeeded))
+            else:
+                await connection.execute(_RELEASE, *claim.key)
 
     @contextlib.asynccontextmanager
     async def transaction(self, claim: Claim) -> AsyncIterator[Connection]:
-        """A transaction that records the handling as done when it commits."""
-        if claim.done:
-            raise RuntimeError("this handling already committed its transaction")
+        """A transaction that records the running handler as succeeded when it commits.
+
+        The last handler of the message to succeed records the message as done.
+        """
+        handler = claim.current
+        if handler is None or handler not in claim.pending:
+            raise RuntimeError("this handler already committed its transaction")
+        last = claim.pending == {handler}
         async with self._pool.acquire() as connection, connection.transaction():
             yield connection
-            status = await connection.execute(_DONE, *claim.key)
+            status = await connection.execute(_HANDLED, *claim.key, handler, last)
             if status == "UPDATE 0":
                 raise ClaimLost(f"the claim on {claim.message_id!r} ran out and was taken")
-        claim.done = True
+        claim.pending.discard(handler)
+        claim.done = last
 
     async def prune(self) -> int:
         """Remove records older than the retention; return how many."""
@@ -290,12 +344,22 @@ class Patience:
                 log.warning("the claim ran out before the handling ended; it may run twice")
             return
 
-    async def release(self, claim: Claim) -> None:
-        """Forget a failed handling's claim; if that fails too, the claim runs out by itself."""
-        try:
-            await self.store.release(claim)
-        except UNAVAILABLE as exc:
-            self._failed(exc, "release")
+    async def release(self, claim: Claim, succeeded: Sequence[str]) -> None:
+        """End a failed handling's claim, keeping what succeeded, however long that takes.
+
+        Giving up here could lose `succeeded`, and its handlers would run again.
+        """
+        failures = 0
+        while True:
+            try:
+                await self.store.release(claim, succeeded)
+            except UNAVAILABLE as exc:
+                self._failed(exc, "release")
+                await asyncio.sleep(backoff(RETRY_DELAYS, failures))
+                failures += 1
+                continue
+            self._worked()
+            return
 
     async def keep(self, claim: Claim) -> None:
         """Move the claim's lease on while its handling runs (cancel when it ends)."""

@@ -372,20 +372,29 @@ class Worker:
     ) -> BaseException | None:
         """Run the handlers; return what one raised, or None. A failed claim is released."""
         keeping = None
+        succeeded: list[str] = []
         if running.once is not None and claim is not None:
+            # Handlers that succeeded on an earlier attempt do not run again.
+            taken = [route for route in taken if route.name not in claim.handled]
+            claim.pending = {route.name for route in taken}
             keeping = asyncio.create_task(running.once.keep(claim))
         try:
-            if not taken:
+            if not taken and claim is None:
                 # During a rolling deploy another replica may know this pattern: retry.
                 name = running.consumer.name
                 raise NoHandler(f"no handler of {name!r} matches {event.routing_key!r}")
             for route in taken:
+                if claim is not None:
+                    claim.current = route.name
                 if self._spans is None:
                     await route.handler(event)
                 else:
                     await self._spans.call(
                         self._tracer, running.consumer.name, route.handler, event
                     )
+                if claim is not None:
+                    claim.pending.discard(route.name)
+                    succeeded.append(route.name)
         except (Exception, asyncio.CancelledError) as failure:
             task = asyncio.current_task()
             if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
@@ -393,7 +402,7 @@ class Worker:
             if self._spans is not None:
                 self._spans.failed(failure)
             if running.once is not None and claim is not None:
-                await running.once.release(claim)
+                await running.once.release(claim, succeeded)
             return failure
         finally:
             if keeping is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
 from yarl import URL
@@ -16,13 +16,18 @@ class TcpProxy:
     - `stall()` stops moving bytes in both directions but keeps the sockets open;
       `resume()` lets the held bytes through.
     - `cut()` closes every open link; `refuse(True)` closes new links at once.
+    - `answer(respond)` has `respond` speak to new links instead of the upstream (a
+      server that is starting up, say); `answer(None)` forwards them again.
     """
+
+    Respond = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self._upstream = (upstream_host, upstream_port)
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._refusing = False
+        self._respond: TcpProxy.Respond | None = None
         self._links: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self.port = 0
@@ -61,6 +66,9 @@ class TcpProxy:
     def refuse(self, refusing: bool) -> None:
         self._refusing = refusing
 
+    def answer(self, respond: TcpProxy.Respond | None) -> None:
+        self._respond = respond
+
     async def cut(self) -> None:
         links = list(self._links)
         for link in links:
@@ -74,6 +82,9 @@ class TcpProxy:
         self._links.add(task)
         try:
             if self._refusing:
+                return
+            if self._respond is not None:
+                await self._respond(reader, writer)
                 return
             up_reader, up_writer = await asyncio.open_connection(*self._upstream)
             ends.append(up_writer)

@@ -13,12 +13,14 @@ import aiohttp
 import asyncpg
 import pytest
 
+from consumers.dedupe import Claim, DedupeStore
 from consumers.topology import ConsumerQueues
+from tests.postgres_faults import starting_up
 from tests.receivers import free_port
 from tests.support import AMQP_URL, BusView
 from tests.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
-from tests.workers import once, once_b
+from tests.workers import once, once_b, once_pair
 
 pytestmark = pytest.mark.rabbit
 
@@ -227,3 +229,72 @@ async def test_a_database_url_that_cannot_be_used_stops_the_worker_in_one_line(
     lines = log.read_text().strip().splitlines()
     assert lines[-1].startswith(expected), lines
     assert "31337" not in log.read_text()
+
+
+async def test_a_database_restart_while_a_handler_runs_never_runs_it_twice(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    # The lease (2 s) runs out during the restart (7 s): the worker must wait for the
+    # database to record the success, not hand the message back to be run again.
+    async with proxy_to(env["DEDUPE_DATABASE_URL"]) as (proxy, through):
+        worker = await spawn_worker(
+            "tests.workers.once",
+            once.consumer,
+            HANDLER_SECONDS="3",
+            DEDUPE_LEASE="2",
+            METRICS_PORT="0",
+            **{**env, "DEDUPE_DATABASE_URL": through},
+        )
+        await bus.publish_event("talent_created", CorrelationId="restart-1")
+        await until(lambda: len(records(record, "start")) == 1)
+        proxy.answer(starting_up)  # PostgreSQL restarting: 57P03 to every new session
+        await proxy.cut()
+        await asyncio.sleep(7)
+        proxy.answer(None)
+        await until(lambda: worker.events("message handled"), within=30)
+        await asyncio.sleep(3)  # past the lease and a requeue's pause, for a second run
+    assert [line["outcome"] for line in worker.events("message handled")] == ["ok"]
+    assert len(records(record, "start")) == 1
+    assert worker.events("dedupe store unavailable; messages wait")
+    queues = ConsumerQueues(bus.names.prefix, "once")
+    for queue in (queues.main, queues.dead):
+        assert (await bus.queue(queue)).declaration_result.message_count == 0
+    assert [tuple(row) for row in await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix)] == [
+        ("once", "restart-1", "done")
+    ]
+
+
+async def test_one_handlers_commit_does_not_hide_anothers_failure(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    worker = await spawn_worker(
+        "tests.workers.once_pair", once_pair.consumer, METRICS_PORT="0", LOG_FORMAT="json", **env
+    )
+    await bus.publish_event("talent_created", CorrelationId="pair-1")
+    await until(lambda: len(records(record, "fails_first")) == 2)
+    await until(lambda: len(worker.events("message handled")) == 2)
+    # The committed handler ran once; the failed one ran again, and succeeded.
+    assert [line["attempt"] for line in records(record, "commits")] == [1]
+    assert [line["attempt"] for line in records(record, "fails_first")] == [1, 2]
+    assert [line["outcome"] for line in worker.events("message handled")] == ["retried", "ok"]
+    assert [tuple(row) for row in await rows(env["DEDUPE_DATABASE_URL"], bus.names.prefix)] == [
+        ("once-pair", "pair-1", "done")
+    ]
+    # Now it is done: a later delivery is a duplicate, and runs neither.
+    await bus.publish_event("talent_created", CorrelationId="pair-1")
+    await until(lambda: len(worker.events("message handled")) == 3)
+    assert worker.events("message handled")[-1]["outcome"] == "duplicate"
+    assert len(records(record)) == 3
+
+
+async def test_pruning_never_removes_a_live_claim(bus: BusView, dedupe_database: str) -> None:
+    # A lease longer than the retention: the claim outlives its record's age.
+    store = await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=1)
+    try:
+        claim = await store.claim("long", "live-1")
+        assert isinstance(claim, Claim)
+        await asyncio.sleep(1.5)
+        await store.prune()
+        assert isinstance(await store.claim("long", "live-1"), float)  # still held
+    finally:
+        await store.close()
