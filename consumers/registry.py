@@ -79,3 +79,8 @@ def _entries_in(body: bytes) -> dict[str, list[str]]:
         for name, queues in consumers.items()
         if isinstance(queues, list)
     }
+
+
+async def known_consumers(channel: AbstractChannel, names: BusNames) -> list[str]:
+    """The names of every consumer the registry holds, sorted."""
+    return sorted(await rewrite(channel, names))
