@@ -5,12 +5,12 @@ it is no longer "unrouted", and the alternate exchange would not keep it. So the
 never binds a pattern of its own. It sees:
 
 - events that reach consumers, through a queue bound to exactly the patterns the
-  consumers' binding records name (refreshed as they change);
+  registry names (`consumers.registry`, followed as it changes);
 - every other event, through a queue bound to the `{prefix}.unrouted` fanout
   exchange beside the `.unrouted` queue.
 
-A consumer writes its record before it unbinds a pattern, so the records never name
-a pattern that is not bound. After each batch it reads the records again: an event
+A consumer writes its record before it unbinds a pattern, so the registry never names
+a pattern that is not bound. After each batch it reads the registry up to now: an event
 that none of them matches reached no consumer (its pattern was being unbound), and
 the tail puts it in `.unrouted` itself, as the alternate exchange would have. Both
 queues are exclusive: the broker deletes them when the tail's connection ends, however
@@ -20,19 +20,15 @@ it ends. The tail's own filter (its PATTERNs) applies only to what it prints.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from pamqp.common import FieldTable
 
 from consumers.patterns import matches
-from consumers.prune import depth
-from consumers.registry import registry_queue, rewrite
-from consumers.topology import ConsumerQueues
-from consumers.transfer import exact_copy, peek
+from consumers.registry import Follower
+from consumers.transfer import exact_copy
 from service.bus import BusNames
 from service.topology import declare_receiver_topology
 
@@ -51,27 +47,6 @@ class Seen:
     unrouted: bool
 
 
-async def consumer_patterns(connection: AbstractConnection, names: BusNames) -> set[str]:
-    """Every pattern the registered consumers' binding records name now."""
-    if await depth(connection, registry_queue(names)) is None:
-        return set()
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    try:
-        patterns: set[str] = set()
-
-        def see(message: AbstractIncomingMessage) -> None:
-            with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                patterns.update(str(p) for p in orjson.loads(message.body))
-
-        for name in await rewrite(channel, names):
-            record = ConsumerQueues(names.prefix, name).bindings
-            if await depth(connection, record) is not None:
-                await peek(channel, record, 10, see)
-        return patterns
-    finally:
-        await channel.close()
-
-
 class Tail:
     """Watches one prefix's events until `stop` is set, calling `show` for each."""
 
@@ -88,6 +63,18 @@ class Tail:
         self._show = show
         self._patterns = patterns
         self._bound: set[str] = set()
+        self._registry = Follower(connection, names)
+        self._following = False
+
+    async def _consumer_patterns(self, *, up_to_now: bool) -> set[str]:
+        """The patterns the registered consumers bind; `up_to_now` reads to the log's end."""
+        if not self._following:
+            # No worker has started under this prefix yet; one may at any time.
+            self._following = await self._registry.start()
+            up_to_now = self._following
+        if up_to_now:
+            await self._registry.sync()
+        return self._registry.patterns()
 
     def _wanted(self, routing_key: str) -> bool:
         return any(matches(pattern, routing_key) for pattern in self._patterns)
@@ -100,7 +87,7 @@ class Tail:
         routed = await channel.declare_queue(exclusive=True, arguments=arguments)
         unrouted = await channel.declare_queue(exclusive=True, arguments=arguments)
         await unrouted.bind(self._names.unrouted)
-        await self._follow_bindings(routed, await consumer_patterns(self._connection, self._names))
+        await self._follow_bindings(routed, await self._consumer_patterns(up_to_now=True))
         arrived: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
 
         async def on_unrouted(message: AbstractIncomingMessage) -> None:
@@ -113,6 +100,7 @@ class Tail:
         await stop.wait()
         watching.cancel()
         await asyncio.gather(watching, return_exceptions=True)
+        await self._registry.close()
         await channel.close()
         return [routed.name, unrouted.name]
 
@@ -135,17 +123,16 @@ class Tail:
             try:
                 first = await asyncio.wait_for(arrived.get(), REFRESH_SECONDS)
             except TimeoutError:
-                # Consumers bound since show here too.
-                await self._follow_bindings(
-                    routed, await consumer_patterns(self._connection, self._names)
-                )
+                # Consumers bound since show here too (the log is followed as it grows).
+                await self._follow_bindings(routed, await self._consumer_patterns(up_to_now=False))
                 continue
             batch = [first]
             await asyncio.sleep(BATCH_SECONDS)
             while not arrived.empty():
                 batch.append(arrived.get_nowait())
-            # Read the records after the events arrived: any unbind before them shows.
-            patterns = await consumer_patterns(self._connection, self._names)
+            # Read the records up to now, after the events arrived: any unbind before
+            # them shows.
+            patterns = await self._consumer_patterns(up_to_now=True)
             for message in batch:
                 key = message.routing_key or ""
                 if any(matches(pattern, key) for pattern in patterns):

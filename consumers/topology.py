@@ -1,19 +1,16 @@
 """Each consumer's queues: a quorum queue, retry delay queues and dead letters.
 
-Bindings follow the code. AMQP cannot list a queue's bindings, so each consumer
-keeps a record of the patterns it bound in the small queue
-`{prefix}.{name}.bindings`. At start the worker reads that record, binds the current
-patterns, writes the new record, and only then unbinds the patterns no longer in the
-code: the record never names a pattern that is not bound.
+Bindings follow the code: `declare_consumer_topology` binds the patterns the code
+names; what an earlier version bound and the code no longer names is unbound by the
+worker once the registry records the change (`consumers.registry.enrol`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-import aio_pika
-import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractQueue
 from pamqp.common import FieldTable
 
 from consumers.consumer import Consumer
@@ -42,6 +39,7 @@ class ConsumerQueues:
 
     @property
     def bindings(self) -> str:
+        """Where earlier versions recorded the bound patterns (now in the registry)."""
         return f"{self.main}.bindings"
 
     def retry(self, delay: float) -> str:
@@ -67,7 +65,7 @@ def _dead_lettering(target: str) -> FieldTable:
 async def declare_consumer_topology(
     channel: AbstractChannel, names: BusNames, consumer: Consumer
 ) -> AbstractQueue:
-    """Declare every queue of `consumer`, sync its bindings, and return its main queue."""
+    """Declare every queue of `consumer`, bind its patterns, and return its main queue."""
     await declare_receiver_topology(channel, names)
     queues = ConsumerQueues(names.prefix, consumer.name)
     await channel.declare_queue(queues.dead, durable=True, arguments=QUORUM)
@@ -86,44 +84,20 @@ async def declare_consumer_topology(
                 **_dead_lettering(queues.main),
             },
         )
-    await sync_bindings(channel, main, names.events, queues.bindings, consumer.patterns)
-    return main
-
-
-async def sync_bindings(
-    channel: AbstractChannel,
-    queue: AbstractQueue,
-    exchange: str,
-    record_queue: str,
-    patterns: tuple[str, ...],
-) -> tuple[str, ...]:
-    """Bind `patterns`, unbind the recorded ones beyond them; return those it unbound."""
-    record = await channel.declare_queue(record_queue, durable=True, arguments=QUORUM)
-    previous: list[AbstractIncomingMessage] = []
-    while (message := await record.get(no_ack=False, fail=False)) is not None:
-        previous.append(message)
-    bound_before: set[str] = set()
-    for message in previous:
-        try:
-            bound_before.update(str(p) for p in orjson.loads(message.body))
-        except (orjson.JSONDecodeError, TypeError):
-            continue
     # Bind through the plain channel: a robust queue would re-bind every pattern it ever
     # bound after a reconnect, undoing an unbind made by a newer replica.
     underlay = await channel.get_underlay_channel()
-    for pattern in patterns:
-        await underlay.queue_bind(queue.name, exchange, routing_key=pattern)
-    # The record changes before anything is unbound: `consumers tail` decides by the
-    # records whether an event reached a consumer (see `consumers.tail`).
-    await channel.default_exchange.publish(
-        aio_pika.Message(
-            orjson.dumps(list(patterns)), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-        ),
-        routing_key=record_queue,
-    )
-    for message in previous:
-        await message.ack()
-    removed = tuple(sorted(bound_before - set(patterns)))
+    for pattern in consumer.patterns:
+        await underlay.queue_bind(main.name, names.events, routing_key=pattern)
+    return main
+
+
+async def unbind(
+    channel: AbstractChannel, queue: str, exchange: str, patterns: Iterable[str]
+) -> tuple[str, ...]:
+    """Unbind `patterns` from `queue`; return them, sorted."""
+    removed = tuple(sorted(patterns))
+    underlay = await channel.get_underlay_channel()
     for pattern in removed:
-        await underlay.queue_unbind(queue.name, exchange, routing_key=pattern)
+        await underlay.queue_unbind(queue, exchange, routing_key=pattern)
     return removed

@@ -45,11 +45,11 @@ from consumers.failures import (
     retry_delay,
 )
 from consumers.metrics import WorkerMetrics, serve_metrics
-from consumers.registry import entry_for, rewrite
+from consumers.registry import enrol
 from consumers.session import Session, open_session
 from consumers.settings import WorkerSettings
 from consumers.settling import STEP_TIMEOUT, bounded, quietly, settle
-from consumers.topology import ConsumerQueues, declare_consumer_topology
+from consumers.topology import ConsumerQueues
 from service import brokers
 from service.brokers import Nodes
 from service.bus import BusNames
@@ -242,8 +242,7 @@ class Worker:
         channel = await connection.channel()
         opened.append(channel)
         await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
-        queue = await declare_consumer_topology(channel, self._names, consumer)
-        await rewrite(channel, self._names, add=dict([entry_for(self._names.prefix, consumer)]))
+        queue = await enrol(connection, channel, self._names, consumer)
         queues = ConsumerQueues(self._names.prefix, consumer.name)
         once = self._once if consumer.dedupe else None
         running = _Running(consumer, queues, channel, queue, once)

@@ -161,11 +161,12 @@ class BusView:
         self._extra_queues.update(queues)
 
     async def remove_all(self) -> None:
-        registry = f"{self.names.prefix}.registry"  # written by every worker that starts
+        registry = f"{self.names.prefix}.registry.log"  # written by every worker that starts
         for queue in (
             self.names.unrouted,
             self.names.invalid,
             registry,
+            f"{self.names.prefix}.registry",  # where earlier versions kept it
             *sorted(self._extra_queues),
         ):
             await self.channel.queue_delete(queue)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView
-from tests.worker_processes import SpawnWorker
+from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import talent_v1, talent_v2
 
 pytestmark = pytest.mark.rabbit
@@ -126,3 +126,24 @@ async def test_events_of_a_consumer_started_after_the_tail_show(
     assert routed in await watching.line()
     assert await watching.stop() == 0
     assert await unrouted_ids(bus) == []
+
+
+async def test_two_tails_and_a_listing_at_once_copy_nothing_into_unrouted(
+    bus: BusView, spawn_worker: SpawnWorker
+) -> None:
+    # Readers of the registry at the same time must all see it whole: none may take
+    # the consumer's record from another and think its events reached no consumer.
+    await spawn_worker("tests.workers.talent_v1", talent_v1.consumer, METRICS_PORT="0")
+    tails = [await tail(bus), await tail(bus)]
+    env = {"AMQP_URL": AMQP_URL, "BUS_PREFIX": bus.names.prefix}
+    sent = []
+    for n in range(60):
+        sent.append(await bus.publish_event("talent_created"))
+        if n % 20 == 0:
+            assert (await run_cli(env, "list", "tests.workers.talent_v1"))[0] == 0
+    for watching in tails:
+        seen = {(await watching.line()).split("id=")[1].split()[0] for _ in sent}
+        assert seen == set(sent)  # every tail printed every event
+    for watching in tails:
+        assert await watching.stop() == 0
+    assert await unrouted_ids(bus) == []  # and none was copied into .unrouted

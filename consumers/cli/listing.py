@@ -8,10 +8,10 @@ from typing import Any
 
 import aio_pika
 
+from consumers import registry
 from consumers.consumer import Consumer
 from consumers.loader import bundled, load
-from consumers.prune import depth
-from consumers.registry import registry_queue, rewrite
+from consumers.prune import occupancy
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
 from service import brokers
@@ -50,26 +50,28 @@ def command(args: argparse.Namespace, settings: WorkerSettings) -> int:
         print(f"(the broker cannot be reached, {type(exc).__name__}: consumers on the bus unknown)")
         return 0
     here = {consumer.name for _, consumer in loaded}
-    others = {name: waiting for name, waiting in on_bus.items() if name not in here}
+    others = {name: state for name, state in on_bus.items() if name not in here}
     if others:
         print(f"on the bus under {settings.bus_prefix!r} but not among these:")
-        for name, waiting in others.items():
-            held = "no queue" if waiting is None else f"{waiting} waiting"
-            print(f"  {name}  ({held}; retire it with: python -m consumers prune {name})")
+        for name, (waiting, attached) in others.items():
+            if waiting is None:
+                print(f"  {name}  (no queue; forget it with: python -m consumers prune {name})")
+            elif attached:
+                # Running somewhere else: not a candidate for retiring.
+                print(f"  {name}  ({waiting} waiting; {attached} worker(s) attached)")
+            else:
+                advice = f"retire it with: python -m consumers prune {name}"
+                print(f"  {name}  ({waiting} waiting; {advice})")
     return 0
 
 
-async def _registered(settings: WorkerSettings) -> dict[str, int | None]:
-    """Every consumer the registry knows, with the depth of its queue."""
+async def _registered(settings: WorkerSettings) -> dict[str, tuple[int | None, int]]:
+    """Every consumer the registry knows: its queue's depth (None: no queue) and workers."""
     connection = await brokers.connect(settings.amqp_url.value, within=5)
     async with connection:
         names = BusNames(settings.bus_prefix)
-        if await depth(connection, registry_queue(names)) is None:
-            return {}  # no worker ever started under this prefix; create nothing
-        channel = await connection.channel()
-        entries = await rewrite(channel, names)
-        await channel.close()
-        return {
-            name: await depth(connection, ConsumerQueues(names.prefix, name).main)
-            for name in entries
-        }
+        found = {}
+        # Reading creates nothing where no worker ever started.
+        for name in await registry.read(connection, names):
+            found[name] = await occupancy(connection, ConsumerQueues(names.prefix, name).main)
+        return found

@@ -4,7 +4,7 @@ Consumers are found on the broker, not among the modules installed next to the
 console: a queue `{prefix}.{name}` with a `.dead` beside it is a consumer's. The
 management API lists the queues and gives unacked counts (its statistics are up to
 5 s old); ready messages and attached consumers come from the queues themselves over
-AMQP, so they are exact. Without the management API, the registry `{prefix}.registry`
+AMQP, so they are exact. Without the management API, the registry (`consumers.registry`)
 names the consumers, unacked counts are unknown, and the page says why.
 """
 
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractConnection
 
+from consumers import registry
 from consumers.console.management import Management, ManagementUnavailable, QueueInfo
-from consumers.registry import rewrite
 from consumers.topology import ConsumerQueues
 from service.bus import BusNames
 
@@ -136,11 +136,7 @@ async def _declared(
 
 
 async def _from_amqp(connection: AbstractConnection, names: BusNames) -> Overview:
-    channel = await connection.channel()
-    try:
-        entries = await rewrite(channel, names)
-    finally:
-        await channel.close()
+    entries = await registry.read(connection, names)
 
     async def depth(name: str) -> Depth:
         # A passive declare of a missing queue closes its channel: one channel each.
@@ -156,8 +152,10 @@ async def _from_amqp(connection: AbstractConnection, names: BusNames) -> Overvie
         return Depth(name, result.message_count or 0, None, result.consumer_count or 0)
 
     rows = []
-    for consumer, queues in entries.items():
+    for consumer, entry in entries.items():
         own = ConsumerQueues(names.prefix, consumer)
-        retries = tuple([await depth(q) for q in queues if q.startswith(own.main + ".retry.")])
+        retries = tuple(
+            [await depth(q) for q in sorted(entry.queues) if q.startswith(own.main + ".retry.")]
+        )
         rows.append(ConsumerRow(consumer, await depth(own.main), await depth(own.dead), retries))
     return Overview(rows, await depth(names.unrouted), await depth(names.invalid))
