@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+import re
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -22,6 +22,28 @@ ATTEMPT_HEADERS = (
     "x-last-failure-at",
     *BROKER_HEADERS,
 )
+# What varies from one letter to the next within one error: ids, then any digit run.
+IDS = re.compile(
+    r"\b[0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}\b"  # a uuid
+    r"|\b0x[0-9a-f]+\b"
+    # A hex id: letters and digits both, sparing words ("deadbeef") and plain numbers.
+    r"|\b(?=[0-9]*[a-f])(?=[a-f]*[0-9])[0-9a-f]{8,}\b",
+    re.IGNORECASE,
+)
+NUMBERS = re.compile(r"[0-9]+")
+SHOWN = 120  # characters of an error shown
+
+
+@dataclass(slots=True)
+class ErrorGroup:
+    """Letters whose errors differ only in ids and numbers.
+
+    `example` is one of their messages as it was, when folding changed it; else empty.
+    """
+
+    error: str
+    example: str
+    count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +54,7 @@ class DeadReport:
     count: int
     sampled: int
     oldest: str | None
-    errors: list[tuple[str, int]] = field(default_factory=list)
+    errors: list[ErrorGroup] = field(default_factory=list)
 
 
 def _death_field(message: AbstractIncomingMessage, name: str) -> object:
@@ -43,14 +65,27 @@ def _death_field(message: AbstractIncomingMessage, name: str) -> object:
     return None
 
 
-def error_of(message: AbstractIncomingMessage) -> str:
+def folded(text: str) -> str:
+    """`text` with its ids and numbers replaced by `<id>` and `<n>`."""
+    return NUMBERS.sub("<n>", IDS.sub("<id>", text))
+
+
+def _error_parts(message: AbstractIncomingMessage) -> tuple[str, str]:
+    """A letter's error type (or what the broker says) and its message, maybe empty."""
     headers = message.headers or {}
     kind = headers.get("x-error-type")
     if not isinstance(kind, str):
         reason = _death_field(message, "reason")
-        return f"(broker: {reason})" if isinstance(reason, str) else "(unknown)"
+        return (f"(broker: {reason})" if isinstance(reason, str) else "(unknown)"), ""
     text = headers.get("x-error-message")
-    return f"{kind}: {text[:120]}" if isinstance(text, str) and text else kind
+    return kind, text if isinstance(text, str) else ""
+
+
+def error_of(message: AbstractIncomingMessage, *, fold: bool = False) -> str:
+    """A letter's error type and message; with `fold`, its message `folded`."""
+    kind, text = _error_parts(message)
+    shown = (folded(text) if fold else text)[:SHOWN]
+    return f"{kind}: {shown}" if shown else kind
 
 
 def original_routing_key(message: AbstractIncomingMessage) -> str:
@@ -78,18 +113,22 @@ async def inspect_dead(
     try:
         queue = await channel.declare_queue(queues.dead, passive=True)
         count = queue.declaration_result.message_count or 0
-        errors: Counter[str] = Counter()
+        errors: dict[str, ErrorGroup] = {}
         failures: list[str] = []
 
         def see(message: AbstractIncomingMessage) -> None:
-            errors[error_of(message)] += 1
+            error = error_of(message, fold=True)
+            text = _error_parts(message)[1]
+            example = text[:SHOWN] if folded(text) != text else ""
+            errors.setdefault(error, ErrorGroup(error, example)).count += 1
             failed_at = (message.headers or {}).get("x-last-failure-at")
             if isinstance(failed_at, str):
                 failures.append(failed_at)
 
         sampled = await peek(channel, queues.dead, sample, see)
         oldest = min(failures, default=None)
-        return DeadReport(queues.dead, count, sampled, oldest, errors.most_common())
+        grouped = sorted(errors.values(), key=lambda group: -group.count)
+        return DeadReport(queues.dead, count, sampled, oldest, grouped)
     finally:
         await channel.close()
 

@@ -2,7 +2,8 @@
 
 ConsumerError
 ├── RegistrationError    a consumer or handler is defined wrongly; raised at import time
-└── LoadError            a consumer module named on the command line cannot be used
+├── LoadError            a consumer module named on the command line cannot be used
+└── UnknownConsumer      a consumer named on the command line has no queue on the bus
 Reject                   raised by a handler: send the message to `.dead` at once
 RetryLater               raised by a handler: retry, but not sooner than `after` seconds
 """
@@ -20,6 +21,10 @@ class RegistrationError(ConsumerError, ValueError):
 
 class LoadError(ConsumerError):
     """A consumer module cannot be imported or defines no usable consumer."""
+
+
+class UnknownConsumer(ConsumerError):
+    """A command names a consumer whose queue the bus does not have."""
 
 
 class Reject(Exception):

@@ -33,6 +33,21 @@ KNOWN_EVENTS = (
     "placement_end_reasons_updated",
     "skillpositions_saved",
 )  # fmt: skip
+# A generated event's ids, where Avionté shows them: its samples (tests/fixtures/avionte),
+# and its note that VMS_job_created carries JobId. Any other known event carries its
+# entity's `<Kind>Id`, like the documented `{"PlacementId":86635, ...}`.
+# `consumers.avionte` reads the same fields.
+SHOWN_IDS: dict[str, tuple[str, ...]] = {
+    "talent_created": ("Id",),
+    "talent_merged": ("GoodTalentId", "BadTalentId"),
+    "contact_updated": ("Id",),
+    "company_updated": ("Id",),
+    "company_address_created": ("CompanyId", "AddressId"),
+    "placement_started": ("PlacementId", "PlacementExtensionId", "JobId"),
+    "placement_updated": ("PlacementId", "PlacementExtensionId"),
+    "VMS_job_created": ("JobId",),
+    "VMS_job_declined": ("JobId",),
+}
 # Seconds before each retry, in minutes: at once, after a minute, at once; then give up.
 RETRY_SCHEDULE = (0.0, 1.0, 0.0)
 
@@ -79,6 +94,15 @@ class Summary:
         )
 
 
+def resource_ids(event_name: str) -> tuple[str, ...]:
+    """The id fields a generated `event_name` carries in its Resource."""
+    if event_name in SHOWN_IDS:
+        return SHOWN_IDS[event_name]
+    if event_name in KNOWN_EVENTS:
+        return (f"{event_name.split('_')[0].capitalize()}Id",)
+    return ("Id",)
+
+
 def bodies(events: Sequence[str] | None, fixtures: Path | None) -> Iterator[bytes]:
     """Endless deliveries, each with a fresh CorrelationId: the fixtures, or generated events."""
     if not events:
@@ -90,7 +114,8 @@ def bodies(events: Sequence[str] | None, fixtures: Path | None) -> Iterator[byte
             yield json.dumps({**template, "CorrelationId": str(uuid.uuid4())}).encode()
     for name in itertools.cycle(events or ()):
         correlation_id = str(uuid.uuid4())
-        resource = {"Id": random.randint(1, 10**6), "CorrelationId": correlation_id}  # noqa: S311
+        ids = {field: random.randint(1, 10**6) for field in resource_ids(name)}  # noqa: S311
+        resource = {**ids, "CorrelationId": correlation_id}
         yield json.dumps(
             {
                 "EventName": name,

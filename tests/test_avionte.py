@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 
 from consumers import Event
 from consumers.avionte import (
+    EVENTS,
     AvionteClient,
     AvionteRejected,
     AvionteUnavailable,
@@ -26,6 +28,7 @@ from consumers.avionte.limiter import WINDOW
 from consumers.event import parse_resource
 from consumers.topology import ConsumerQueues
 from service.envelope import parse, routing_key
+from service.simulate import KNOWN_EVENTS, bodies
 from tests.fake_avionte import (
     API_KEY,
     CLIENT_SECRET,
@@ -89,13 +92,26 @@ def test_documented_quirks_map_and_the_rest_is_a_clear_error() -> None:
     for event, reason in [
         (back_office, "names no entity"),
         (made("talent_created", None), "carries no Resource"),
-        (made("placement_updated", {"JobId": 1}), "has none of PlacementId, Id"),
+        (made("placement_updated", {"JobId": 1}), "has none of PlacementId$"),
         (made("branch_created", {"BranchId": 2}), "names no entity"),
         (made("skillpositions_saved", {"Id": 2}), "names no entity"),
     ]:
         with pytest.raises(UnmappedEvent, match=reason):
             entity_of(event)
     assert routing_key("VMS_job_created") == "vms.job.created"
+
+
+def test_the_simulator_sends_the_ids_of_the_samples_and_each_maps_to_its_entity() -> None:
+    def ids(event: Event) -> set[str]:
+        return {field for field in event.resource or {} if field.endswith("Id")}
+
+    generated = itertools.islice(bodies(KNOWN_EVENTS, None), len(KNOWN_EVENTS))
+    simulated = {event.name: event for event in map(event_of, generated)}
+    for sample in map(event_of, FIXTURES.values()):
+        assert ids(simulated[sample.name]) == ids(sample), sample.name
+    for event in simulated.values():
+        if event.routing_key in EVENTS:
+            assert entity_of(event).kind == EVENTS[event.routing_key][0]
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,8 @@ from consumers import Event, audit_log, placement_sync
 from consumers.avionte import entity_of
 from consumers.topology import ConsumerQueues
 from service.app import WEBHOOK_PATH
+from service.envelope import routing_key
+from service.simulate import KNOWN_EVENTS, bodies
 from tests.conftest import WorkerFactory
 from tests.receivers import SpawnReceiver
 from tests.support import API_KEYS, BusView
@@ -124,3 +127,28 @@ async def test_placement_sync_without_a_dedupe_store_runs_every_delivery(
         while len(fake.calls) < 2:
             await asyncio.sleep(0.05)
     assert fake.calls == [(6, 7), (6, 7)]  # at least once: the handler must be idempotent
+
+
+async def test_every_event_the_simulator_sends_is_synced_and_none_dead_lettered(
+    bus: BusView, run_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeAvionte()
+    monkeypatch.setattr(placement_sync.sync, "client", fake)
+    await run_worker(placement_sync.consumer)
+    routed = 0
+    for body in itertools.islice(bodies(KNOWN_EVENTS, None), len(KNOWN_EVENTS)):
+        payload = json.loads(body)
+        name = payload.pop("EventName")
+        await bus.publish_event(name, **payload)
+        routed += bool(placement_sync.consumer.handlers_for(routing_key(name)))
+    assert routed == 3  # placement_started, placement_updated, placement_extension_deleted
+    dead = ConsumerQueues(bus.names.prefix, "placement-sync").dead
+
+    async def dead_letters() -> int:
+        return (await bus.queue(dead)).declaration_result.message_count or 0
+
+    async with asyncio.timeout(10):
+        while len(fake.calls) + await dead_letters() < routed:
+            await asyncio.sleep(0.05)
+    assert await dead_letters() == 0
+    assert len(fake.calls) == routed

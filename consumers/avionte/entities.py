@@ -53,8 +53,8 @@ EVENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "job.discount.updated": ("job", ("JobId",)),
     "vms.job.created": ("job", ("JobId",)),
     "vms.job.declined": ("job", ("JobId",)),
-    "placement.started": ("placement", ("PlacementId", "Id")),
-    "placement.updated": ("placement", ("PlacementId", "Id")),
+    "placement.started": ("placement", ("PlacementId",)),
+    "placement.updated": ("placement", ("PlacementId",)),
     "placement.extension.deleted": ("placement", ("PlacementId",)),
     "placement.end.reasons.updated": ("placement", ("PlacementId",)),
 }

@@ -1,8 +1,8 @@
 """`python -m consumers`: one small module per command, each adding its own arguments.
 
 Every command reads the worker settings (AMQP_URL, BUS_PREFIX, ...) once and returns
-its exit code: 0 on success, 2 on a bad setting or consumer definition, 1 on a
-broker error or a refusal.
+its exit code: 0 on success, 2 on a bad setting, consumer definition or consumer
+name, 1 on a broker error or a refusal.
 """
 
 from __future__ import annotations

@@ -6,12 +6,14 @@ import argparse
 import asyncio
 from typing import Any
 
+from consumers.cli.names import require
 from consumers.dead import inspect_dead, replay_dead
 from consumers.errors import ConsumerError
 from consumers.loader import load
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
 from service import brokers
+from service.bus import BusNames
 
 
 def add(commands: Any) -> None:
@@ -36,23 +38,29 @@ def consumer_names(name: str) -> list[str]:
 async def _dead(args: argparse.Namespace, settings: WorkerSettings) -> int:
     connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
-        for consumer in consumer_names(args.name):
+        consumers = consumer_names(args.name)
+        await require(connection, BusNames(settings.bus_prefix), consumers)
+        for consumer in consumers:
             queues = ConsumerQueues(settings.bus_prefix, consumer)
             report = await inspect_dead(connection, queues, args.sample)
             print(f"{report.queue}: {report.count} dead letter(s)")
             if report.count:
                 print(f"  oldest failure: {report.oldest or 'unknown'}")
                 print(f"  errors (of {report.sampled} read):")
-                for error, count in report.errors:
-                    print(f"    {count:6d}  {error}")
+                for group in report.errors:
+                    print(f"    {group.count:6d}  {group.error}")
+                    if group.example:
+                        print(f"{'':12}e.g. {group.example}")
     return 0
 
 
 async def _replay(args: argparse.Namespace, settings: WorkerSettings) -> int:
     connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
+        consumers = consumer_names(args.name)
+        await require(connection, BusNames(settings.bus_prefix), consumers)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        for consumer in consumer_names(args.name):
+        for consumer in consumers:
             queues = ConsumerQueues(settings.bus_prefix, consumer)
             moved = await replay_dead(channel, queues, args.limit)
             print(f"replayed {moved} dead letter(s) from {queues.dead} to {queues.main}")

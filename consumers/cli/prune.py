@@ -7,6 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
+from consumers.cli.names import require
 from consumers.prune import CannotRetire, retire
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
@@ -31,6 +32,7 @@ def add(commands: Any) -> None:
 async def _prune(args: argparse.Namespace, settings: WorkerSettings) -> int:
     connection = await brokers.connect(settings.amqp_url.value)
     async with connection:
+        await require(connection, BusNames(settings.bus_prefix), [args.name], registered=True)
         try:
             report = await retire(
                 connection,
