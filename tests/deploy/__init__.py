@@ -1,0 +1,1 @@
+"""The deployment files: Dockerfile, compose.yaml and the Kubernetes manifests."""

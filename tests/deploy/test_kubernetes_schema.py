@@ -1,0 +1,200 @@
+"""The Kubernetes manifests against the Kubernetes schemas and the operators' fields."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate  # type: ignore[import-untyped]
+import pytest
+
+from tests.deploy.manifests import (
+    BASE,
+    K8S,
+    OVERLAYS,
+    Doc,
+    all_manifest_files,
+    file_docs,
+    ident,
+    kustomization,
+    load_docs,
+    named,
+    pod_spec,
+    rendered,
+)
+
+# The oldest Kubernetes the manifests are meant for, and the newest the validator knows.
+KUBERNETES_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
+BUILTIN_GROUPS = {"v1", "apps/v1", "autoscaling/v2", "policy/v1", "networking.k8s.io/v1"}
+
+
+def validate(doc: Doc) -> None:
+    """Validate a manifest: Kubernetes kinds by schema, operator kinds field by field."""
+    kind = doc.get("kind")
+    if doc.get("apiVersion") in BUILTIN_GROUPS:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = "/".join(str(part) for part in exc.path)
+                raise AssertionError(f"{ident(doc)} at {where}: {exc.message} ({version})") from exc
+        return
+    checks = {
+        ("rabbitmq.com/v1beta1", "RabbitmqCluster"): check_rabbitmq_cluster,
+        ("keda.sh/v1alpha1", "ScaledObject"): check_scaled_object,
+        ("keda.sh/v1alpha1", "TriggerAuthentication"): check_trigger_authentication,
+        ("monitoring.coreos.com/v1", "ServiceMonitor"): check_service_monitor,
+    }
+    check = checks.get((str(doc.get("apiVersion")), str(kind)))
+    assert check, f"no schema and no check for {doc.get('apiVersion')} {kind}"
+    check_metadata(doc)
+    check(doc)
+
+
+def check_metadata(doc: Doc) -> None:
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, ident(doc)
+    metadata = doc["metadata"]
+    assert set(metadata) <= {"name", "namespace", "labels", "annotations"}, ident(doc)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", metadata["name"]), ident(doc)
+    for key in ("labels", "annotations"):
+        assert all(isinstance(v, str) for v in metadata.get(key, {}).values()), ident(doc)
+
+
+def fields(node: Any, where: str, required: set[str], allowed: set[str]) -> Doc:
+    assert isinstance(node, dict), f"{where}: not a mapping"
+    assert required <= set(node), f"{where}: missing {sorted(required - set(node))}"
+    assert set(node) <= required | allowed, f"{where}: unknown {sorted(set(node) - allowed)}"
+    return node
+
+
+def check_rabbitmq_cluster(doc: Doc) -> None:
+    spec = fields(
+        doc["spec"],
+        "spec",
+        {"replicas", "persistence", "resources", "rabbitmq"},
+        {"image", "imagePullSecrets", "service", "affinity", "tolerations", "tls", "override"}
+        | {"terminationGracePeriodSeconds", "skipPostDeploySteps", "secretBackend"}
+        | {"delayStartSeconds", "autoEnableAllFeatureFlags"},
+    )
+    assert spec["replicas"] == 3, "three nodes keep a quorum through the loss of one"
+    persistence = fields(spec["persistence"], "persistence", {"storage"}, {"storageClassName"})
+    assert re.fullmatch(r"\d+(Gi|Ti)", persistence["storage"])
+    for part in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(spec["resources"][part]), part
+    rabbitmq = fields(
+        spec["rabbitmq"],
+        "rabbitmq",
+        {"additionalPlugins"},
+        {"additionalConfig", "advancedConfig", "envConfig", "erlangInetConfig"},
+    )
+    assert "rabbitmq_prometheus" in rabbitmq["additionalPlugins"]
+    assert isinstance(rabbitmq.get("additionalConfig", ""), str)
+    assert re.fullmatch(r"rabbitmq:4\.\d+-management", spec["image"]), "a RabbitMQ 4 release"
+    config = {
+        key.strip(): value.strip()
+        for key, _, value in (
+            line.partition("=") for line in rabbitmq["additionalConfig"].splitlines()
+        )
+        if key.strip() and not key.strip().startswith("#")
+    }
+    # Quorum queues sized for the three nodes; no setting RabbitMQ 4.3 ignores or refuses.
+    assert config["quorum_queue.initial_cluster_size"] == str(spec["replicas"])
+    assert config["quorum_queue.continuous_membership_reconciliation.target_group_size"] == str(
+        spec["replicas"]
+    )
+    assert not {k for k in config if k.startswith(("cluster_partition_handling", "ha-"))}
+
+
+def check_scaled_object(doc: Doc) -> None:
+    spec = fields(
+        doc["spec"],
+        "spec",
+        {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "triggers"},
+        {"pollingInterval", "cooldownPeriod", "initialCooldownPeriod", "idleReplicaCount"}
+        | {"advanced", "fallback"},
+    )
+    target = fields(spec["scaleTargetRef"], "scaleTargetRef", {"name"}, {"apiVersion", "kind"})
+    assert target.get("kind", "Deployment") == "Deployment"
+    for key in ("minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod"):
+        assert isinstance(spec.get(key, 0), int), key
+    assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+    assert spec["triggers"], "at least one trigger"
+    for trigger in spec["triggers"]:
+        fields(trigger, "trigger", {"type", "metadata"}, {"name", "authenticationRef"})
+        # KEDA reads trigger metadata as strings only: a bare number is rejected.
+        assert all(isinstance(v, str) for v in trigger["metadata"].values()), trigger
+        if "authenticationRef" in trigger:
+            fields(trigger["authenticationRef"], "authenticationRef", {"name"}, {"kind"})
+
+
+def check_trigger_authentication(doc: Doc) -> None:
+    spec = fields(
+        doc["spec"],
+        "spec",
+        {"secretTargetRef"},
+        {"env", "configMapTargetRef", "podIdentity", "hashiCorpVault", "azureKeyVault"}
+        | {"awsSecretManager", "gcpSecretManager", "boundServiceAccountToken"},
+    )
+    for ref in spec["secretTargetRef"]:
+        fields(ref, "secretTargetRef", {"parameter", "name", "key"}, set())
+
+
+def check_service_monitor(doc: Doc) -> None:
+    spec = fields(
+        doc["spec"],
+        "spec",
+        {"selector", "endpoints"},
+        {"namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels", "sampleLimit"},
+    )
+    assert spec["selector"].get("matchLabels"), "select by labels"
+    for endpoint in spec["endpoints"]:
+        fields(
+            endpoint,
+            "endpoint",
+            {"port"},
+            {"path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings"},
+        )
+        assert isinstance(endpoint["port"], str), "ServiceMonitor ports go by name"
+
+
+MANIFESTS = [
+    pytest.param(path, index, id=f"{path.relative_to(K8S)}:{ident(doc)}")
+    for path in all_manifest_files()
+    for index, doc in enumerate(load_docs(path))
+]
+
+
+@pytest.mark.parametrize(("path", "index"), MANIFESTS)
+def test_manifest_is_valid(path: Path, index: int) -> None:
+    validate(load_docs(path)[index])
+
+
+def test_schema_validation_is_strict() -> None:
+    """A misspelt field fails: the strict schemas allow no unknown properties."""
+    [deployment] = [d for d in file_docs() if ident(d) == "Deployment/receiver"]
+    broken = json.loads(json.dumps(deployment))
+    container = pod_spec(broken)["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(AssertionError, match="readinesProbe"):
+        validate(broken)
+
+
+@pytest.mark.parametrize("directory", [BASE, *OVERLAYS], ids=lambda p: p.name)
+def test_kustomize_build_is_valid(directory: Path) -> None:
+    docs = rendered(directory)
+    assert docs
+    for doc in docs:
+        validate(doc)
+    if directory == BASE:
+        return
+    namespace = kustomization(directory)["namespace"]
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == namespace, ident(doc)
+    image = kustomization(directory)["images"][0]
+    expected = f"{image.get('newName', image['name'])}:{image['newTag']}"
+    for deployment in named(docs, "Deployment").values():
+        for container in pod_spec(deployment)["containers"]:
+            assert container["image"] == expected, ident(deployment)
