@@ -67,6 +67,24 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_logging("debug", "json", stream=cast(BinaryIO, _Tee(SUITE_LOG)))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Stop at once, with the port named, when a test of the defaults cannot have its ports."""
+    wanted = sorted(
+        {port for item in items for mark in item.iter_markers("default_ports") for port in mark.args}
+    )
+    for port in wanted:
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                pytest.exit(
+                    f"port {port} is taken on this machine. The suite runs `make run` and the"
+                    f" console on their default ports (8080, 8090, 9100): stop what holds {port}"
+                    " (a `make run` still up? Ctrl-C it) and run `make test` again.",
+                    returncode=4,
+                )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def secret_scan(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """After the run, search every log it wrote, in-process and from child processes."""

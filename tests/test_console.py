@@ -347,6 +347,7 @@ async def test_it_will_not_start_without_a_password(bus: BusView) -> None:
     assert "CONSOLE_PASSWORD" in err
 
 
+@pytest.mark.default_ports(8090)
 async def test_by_default_it_listens_on_127_0_0_1_port_8090(bus: BusView, tmp_path: Path) -> None:
     # As the README runs it: only the password (and the test's own prefix).
     env = {"BUS_PREFIX": bus.names.prefix, "CONSOLE_PASSWORD": PASSWORD, "LOG_FORMAT": "json"}

@@ -34,6 +34,7 @@ async def answers(url: str, **kwargs: object) -> int | None:
         return None
 
 
+@pytest.mark.default_ports(8080, 8090, 9100)
 async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
     bus: BusView, tmp_path: Path
 ) -> None:
