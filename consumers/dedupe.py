@@ -11,7 +11,7 @@ A row is either
 `handled` names the handlers that already succeeded on an earlier attempt (one that
 committed `event.transaction()`, or that ran before another handler raised): a retry
 runs only the others. A handling that fails gives up its claim at once, so its retry
-runs. The store answers; the worker (`consumers.worker`) decides what becomes of the
+runs. The store answers; the worker (`consumers.runtime.worker`) decides what becomes of the
 message.
 """
 
@@ -32,9 +32,9 @@ from yarl import URL
 from consumers.consumer import Consumer
 from consumers.errors import ConsumerError
 from consumers.settings import WorkerSettings
-from service.brokers import display_url
-from service.errors import SettingsError
-from service.timing import backoff
+from service.shared.brokers import display_url
+from service.shared.errors import SettingsError
+from service.shared.timing import backoff
 
 log = structlog.get_logger("consumers.dedupe")
 

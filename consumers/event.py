@@ -12,7 +12,7 @@ import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pamqp.common import FieldTable
 
-from service.envelope import Envelope, body_digest
+from service.shared.envelope import Envelope, body_digest
 
 if TYPE_CHECKING:
     from consumers.dedupe import Claim, Connection

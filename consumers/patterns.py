@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from consumers.errors import RegistrationError
-from service.envelope import MAX_SHORT_STRING, routing_key
+from service.shared.envelope import MAX_SHORT_STRING, routing_key
 
 WILDCARDS = ("*", "#")
 

@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from service import brokers
-from service.settings import (
+from service.shared import brokers
+from service.shared.environment import (
+    DEFAULT_AMQP_URL,
+    DEFAULT_BUS_PREFIX,
     LOG_FORMATS,
     LOG_LEVELS,
     EnvReader,
     Secret,
-    Settings,
     url_passwords,
 )
 
@@ -22,8 +23,8 @@ from service.settings import (
 class WorkerSettings:
     """Everything a worker process is configured with."""
 
-    amqp_url: Secret = Settings.amqp_url
-    bus_prefix: str = Settings.bus_prefix
+    amqp_url: Secret = Secret(DEFAULT_AMQP_URL)
+    bus_prefix: str = DEFAULT_BUS_PREFIX
     shutdown_timeout: float = 30.0
     # None: 9100, or a free port when another worker on the host has 9100 (`metrics`).
     metrics_port: int | None = None
@@ -44,7 +45,7 @@ class WorkerSettings:
     @property
     def vhost(self) -> str:
         """The broker's virtual host, as in AMQP_URL (`/` when it names none)."""
-        # Every node of the list names the same one (`service.brokers.validate`).
+        # Every node of the list names the same one (`service.shared.brokers.validate`).
         first = brokers.split(self.amqp_url.value)[0]
         return URL(first).path.removeprefix("/") or "/"
 

@@ -2,7 +2,7 @@
 
 Bindings follow the code: `declare_consumer_topology` binds the patterns the code
 names; what an earlier version bound and the code no longer names is unbound by the
-worker once the registry records the change (`consumers.registry.enrol`).
+worker once the registry records the change (`consumers.operations.registry.enrol`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from aio_pika.abc import AbstractChannel, AbstractQueue
 from pamqp.common import FieldTable
 
 from consumers.consumer import Consumer
-from service.bus import BusNames
-from service.topology import QUORUM, declare_receiver_topology
+from service.shared.bus import BusNames
+from service.shared.topology import QUORUM, declare_receiver_topology
 
 # A message that kills its worker again and again goes to `.dead` instead of looping.
 # Returns after a broker fault count too, so the limit leaves room for long outages.

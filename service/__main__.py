@@ -10,13 +10,13 @@ from pathlib import Path
 import structlog
 import uvloop
 
-from service import parked_command
-from service.errors import ListenFailed, SettingsError
-from service.logs import configure_logging
-from service.server import serve
+from service.http.server import serve
+from service.observability.logs import configure_logging
 from service.settings import Settings
+from service.shared.errors import ListenFailed, SettingsError
 from service.simulate import KNOWN_EVENTS, Credential, simulate
-from service.spool import SpoolUnusable
+from service.spool import command as parked_command
+from service.spool.segments import SpoolUnusable
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,12 +9,12 @@ from typing import Any, Literal
 
 import structlog
 
-from service.bus import Outgoing
-from service.errors import PublishFailed
-from service.publisher import Publisher
-from service.spool import Spool
-from service.spool_drain import Drainer, DrainStatus
-from service.supervise import keep_running, stop
+from service.publishing.publisher import Publisher
+from service.shared.bus import Outgoing
+from service.shared.errors import PublishFailed
+from service.shared.supervise import keep_running, stop
+from service.spool.drain import Drainer, DrainStatus
+from service.spool.segments import Spool
 
 Where = Literal["broker", "spool"]
 
@@ -60,7 +60,7 @@ class DurableStore:
         if self.spool is not None:
             publish: Callable[[Outgoing], Awaitable[None]] = self.publisher.publish
             if self._tracer is not None:
-                from service import spans
+                from service.observability import spans
 
                 publish = spans.draining(self._tracer, publish)
             self.drainer = Drainer(
@@ -101,7 +101,7 @@ class DurableStore:
         Raises `PublishFailed` or `SpoolError` when neither place takes it.
         """
         if self._tracer is not None:
-            from service import spans
+            from service.observability import spans
 
             spool = self.spool.append if self.spool is not None else None
             return await spans.store(self._tracer, message, self.publisher.publish, spool)

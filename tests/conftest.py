@@ -17,11 +17,11 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from consumers.consumer import Consumer
+from consumers.runtime.worker import Worker
 from consumers.settings import WorkerSettings
-from consumers.worker import Worker
-from service.app import create_app
-from service.logs import configure_logging
-from service.settings import Secret
+from service.http.app import create_app
+from service.observability.logs import configure_logging
+from service.shared.environment import Secret
 from tests.databases import own_database
 from tests.receivers import Receiver, SpawnReceiver, base_env, free_port, readyz
 from tests.support import (
@@ -70,7 +70,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Stop at once, with the port named, when a test of the defaults cannot have its ports."""
     wanted = sorted(
-        {port for item in items for mark in item.iter_markers("default_ports") for port in mark.args}
+        {
+            port
+            for item in items
+            for mark in item.iter_markers("default_ports")
+            for port in mark.args
+        }
     )
     for port in wanted:
         with socket.socket() as probe:

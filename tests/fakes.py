@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from service.bus import Outgoing
-from service.errors import PublishFailed
-from service.publisher import BrokerState
+from service.publishing.publisher import BrokerState
+from service.shared.bus import Outgoing
+from service.shared.errors import PublishFailed
 
 
 class MemoryPublisher:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from service.app import WEBHOOK_PATH
+from service.http.app import WEBHOOK_PATH
 from tests.support import auth_headers, fixture_bodies, with_correlation_id
 
 ROOT = Path(__file__).resolve().parent.parent

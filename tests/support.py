@@ -18,11 +18,11 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from consumers.consumer import Consumer
 from consumers.topology import ConsumerQueues
-from service.auth import AuthMethod
-from service.bus import BusNames, Receipt, event_message
-from service.envelope import parse
-from service.settings import Secret, Settings
-from service.topology import declare_receiver_topology
+from service.settings import Settings
+from service.shared.bus import AuthMethod, BusNames, Receipt, event_message
+from service.shared.envelope import parse
+from service.shared.environment import Secret
+from service.shared.topology import declare_receiver_topology
 
 FIXTURES = Path(__file__).parent / "fixtures" / "avionte"
 AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")

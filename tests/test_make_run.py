@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from consumers import audit_log, placement_sync
-from service.app import WEBHOOK_PATH
+from service.http.app import WEBHOOK_PATH
 from tests.receivers import ROOT, base_env
 from tests.support import BusView, consumer_queue_names, fixture_bodies
 

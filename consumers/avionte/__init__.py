@@ -27,7 +27,7 @@ from consumers.avionte.errors import (
     UnmappedEvent,
 )
 from consumers.avionte.settings import AvionteSettings
-from consumers.resources import shared
+from consumers.runtime.resources import shared
 
 
 def avionte() -> AvionteClient:

@@ -29,7 +29,7 @@ from consumers.avionte.limiter import RateLimiter
 from consumers.avionte.settings import AvionteSettings
 from consumers.avionte.token import TokenSource
 from consumers.event import Event
-from service.redaction import redact_also
+from service.observability.redaction import redact_also
 
 # A Retry-After beyond this is taken as this: the message waits in a retry queue anyway.
 MAX_RETRY_AFTER = 3600.0

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from service.errors import SettingsError
-from service.settings import EnvReader, Secret
+from service.shared.environment import EnvReader, Secret
+from service.shared.errors import SettingsError
 
 DEFAULT_URL = "https://api.avionte.com"
 DEFAULT_SCOPE = "avionte.aero.compasintegrationservice"

@@ -14,7 +14,7 @@ import aiohttp
 
 from consumers.avionte.errors import AvionteRejected, AvionteUnavailable
 from consumers.avionte.settings import AvionteSettings
-from service.redaction import redact_also
+from service.observability.redaction import redact_also
 
 # Renew this long before the token runs out, or a tenth of its life if that is shorter.
 EARLY_SECONDS = 60.0

@@ -16,8 +16,8 @@ import aio_pika
 from consumers.cli import console, dead, listing, prune, reroute, run, tail
 from consumers.errors import ConsumerError
 from consumers.settings import WorkerSettings
-from service.errors import SettingsError
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
+from service.shared.errors import SettingsError
 
 COMMANDS = (run, listing, dead, prune, reroute, tail, console)
 

@@ -16,8 +16,8 @@ from aiohttp import web
 from consumers.console.pages import build
 from consumers.console.settings import ConsoleSettings
 from consumers.settings import WorkerSettings
-from service.errors import SettingsError
-from service.logs import configure_logging
+from service.observability.logs import configure_logging
+from service.shared.errors import SettingsError
 
 log = structlog.get_logger("consumers.console")
 

@@ -7,13 +7,13 @@ import asyncio
 from typing import Any
 
 from consumers.cli.names import require
-from consumers.dead import inspect_dead, replay_dead
 from consumers.errors import ConsumerError
 from consumers.loader import load
+from consumers.operations.dead import inspect_dead, replay_dead
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 
 def add(commands: Any) -> None:

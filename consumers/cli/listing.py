@@ -8,14 +8,14 @@ from typing import Any
 
 import aio_pika
 
-from consumers import registry
 from consumers.consumer import Consumer
 from consumers.loader import bundled, load
-from consumers.prune import occupancy
+from consumers.operations import registry
+from consumers.operations.prune import occupancy
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 
 def add(commands: Any) -> None:

@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from aio_pika.abc import AbstractConnection
 
 from consumers.errors import UnknownConsumer
-from consumers.prune import depth
-from consumers.registry import known_consumers
+from consumers.operations.prune import depth
+from consumers.operations.registry import known_consumers
 from consumers.topology import ConsumerQueues
-from service.bus import BusNames
+from service.shared.bus import BusNames
 
 
 async def require(

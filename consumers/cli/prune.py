@@ -1,4 +1,7 @@
-"""`consumers prune NAME`: retire a consumer without losing its backlog (see `consumers.prune`)."""
+"""`consumers prune NAME`: retire a consumer without losing its backlog.
+
+The work is `consumers.operations.prune`.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ import sys
 from typing import Any
 
 from consumers.cli.names import require
-from consumers.prune import CannotRetire, retire
+from consumers.operations.prune import CannotRetire, retire
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 
 def add(commands: Any) -> None:

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 from typing import Any
 
-from consumers.reroute import reroute
+from consumers.operations.reroute import reroute
 from consumers.settings import WorkerSettings
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 
 def add(commands: Any) -> None:

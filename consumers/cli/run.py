@@ -13,10 +13,10 @@ import structlog
 import uvloop
 
 from consumers.loader import load
+from consumers.runtime.threads import HandlerThreads
+from consumers.runtime.worker import Worker
 from consumers.settings import WorkerSettings
-from consumers.threads import HandlerThreads
-from consumers.worker import Worker
-from service import tracing
+from service.observability import tracing
 
 log = structlog.get_logger("consumers")
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import orjson
 
+from consumers.operations.tail import Seen, Tail
 from consumers.patterns import normalize_pattern
 from consumers.settings import WorkerSettings
-from consumers.tail import Seen, Tail
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 
 def add(commands: Any) -> None:

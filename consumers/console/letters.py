@@ -3,7 +3,7 @@
 A queue cannot be read in place. Each sweep here takes every message the queue held
 when it began, decides its fate, publishes what becomes of it (an exact copy back to
 the same queue, a copy elsewhere, or nothing), waits for the confirm, and only then
-acks it (`consumers.transfer`). Nothing is handed back, so no delivery limit counts
+acks it (`consumers.operations.transfer`). Nothing is handed back, so no delivery limit counts
 it; and since a sweep goes through the whole queue, the copies that go back keep the
 order the queue had. Only one sweep per queue runs at a time in a console process.
 Only a page's worth of letters is kept in memory, however long the queue.
@@ -21,10 +21,10 @@ from typing import Any, Literal
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers.dead import error_of, fresh_copy, original_routing_key
 from consumers.event import parse_resource
-from consumers.transfer import exact_copy, transfer
-from service.text import safe_text
+from consumers.operations.dead import error_of, fresh_copy, original_routing_key
+from consumers.operations.transfer import exact_copy, transfer
+from service.shared.text import safe_text
 
 Fate = Literal["keep", "drop"] | tuple[Literal["move", "publish"], str]
 

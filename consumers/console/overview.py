@@ -4,7 +4,7 @@ Consumers are found on the broker, not among the modules installed next to the
 console: a queue `{prefix}.{name}` with a `.dead` beside it is a consumer's. The
 management API lists the queues and gives unacked counts (its statistics are up to
 5 s old); ready messages and attached consumers come from the queues themselves over
-AMQP, so they are exact. Without the management API, the registry (`consumers.registry`)
+AMQP, so they are exact. Without the management API, the registry (`consumers.operations.registry`)
 names the consumers, unacked counts are unknown, and the page says why.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from aio_pika.abc import AbstractConnection
 
-from consumers import registry
 from consumers.console.management import Management, ManagementUnavailable, QueueInfo
+from consumers.operations import registry
 from consumers.topology import ConsumerQueues
-from service.bus import BusNames
+from service.shared.bus import BusNames
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,10 +21,10 @@ from consumers.console.management import Management
 from consumers.console.overview import overview
 from consumers.console.security import Guard, Handler
 from consumers.console.settings import ConsoleSettings
-from consumers.reroute import reroute
+from consumers.operations.reroute import reroute
 from consumers.topology import ConsumerQueues
-from service import brokers
-from service.bus import BusNames
+from service.shared import brokers
+from service.shared.bus import BusNames
 
 log = structlog.get_logger("consumers.console")
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from yarl import URL
 
 from consumers.settings import WorkerSettings
-from service import brokers
-from service.errors import SettingsError
-from service.settings import EnvReader, Secret, url_passwords
+from service.shared import brokers
+from service.shared.environment import EnvReader, Secret, url_passwords
+from service.shared.errors import SettingsError
 
 MANAGEMENT_PORT = 15672
 

@@ -20,11 +20,10 @@ from datetime import UTC, datetime
 
 import uvloop
 
-from service.auth import AuthMethod
-from service.bus import BusNames, Receipt, event_message
-from service.envelope import parse
-from service.logs import configure_logging
-from service.publisher import AmqpPublisher
+from service.observability.logs import configure_logging
+from service.publishing.publisher import AmqpPublisher
+from service.shared.bus import AuthMethod, BusNames, Receipt, event_message
+from service.shared.envelope import parse
 from tests.support import fixture_bodies
 
 IN_FLIGHT = 64

@@ -11,11 +11,11 @@ import os
 
 import uvloop
 
-from service.bus import Outgoing
-from service.logs import configure_logging
-from service.publisher import BrokerState
-from service.server import serve
+from service.http.server import serve
+from service.observability.logs import configure_logging
+from service.publishing.publisher import BrokerState
 from service.settings import Settings
+from service.shared.bus import Outgoing
 
 
 class InstantPublisher:

@@ -14,9 +14,8 @@ from aiormq import spec
 
 from consumers import Consumer
 from consumers.topology import ConsumerQueues, declare_consumer_topology
-from service.auth import AuthMethod
-from service.bus import BusNames, Receipt, event_message
-from service.envelope import parse
+from service.shared.bus import AuthMethod, BusNames, Receipt, event_message
+from service.shared.envelope import parse
 from tests.bench.noop import noop
 from tests.bench.noop_dedupe import noop_dedupe
 from tests.bench.processes import peak_rss_mib, run_json, settle, start, wait_for

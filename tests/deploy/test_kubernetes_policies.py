@@ -9,7 +9,7 @@ import pytest
 
 from consumers.console.settings import ConsoleSettings
 from consumers.settings import WorkerSettings
-from service import tracing
+from service.observability import tracing
 from service.settings import Settings
 from tests.deploy.manifests import (
     DEFAULT_BUS_PREFIX,

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from service.app import WEBHOOK_PATH
+from service.http.app import WEBHOOK_PATH
 from tests.faults.harness import Harness
 from tests.faults.load import Load, deliveries, run_load
 from tests.nodes import Cluster, Node

@@ -1,0 +1,101 @@
+"""Prometheus metrics of a worker process, served with `/healthz` on METRICS_PORT."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from service.observability.metrics import MAX_ROUTING_KEYS, LabelCap, children
+from service.shared.errors import SettingsError
+
+# Where a worker serves /metrics unless METRICS_PORT says otherwise.
+DEFAULT_PORT = 9100
+
+
+class WorkerMetrics:
+    """Every metric a worker exports, per consumer."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.routing_key = LabelCap(MAX_ROUTING_KEYS)
+        self.messages = Counter(
+            "relay_consumer_messages",
+            "Messages handled, by consumer, routing key and outcome "
+            "(ok, retried, dead, rejected, requeued, filtered).",
+            ["consumer", "routing_key", "outcome"],
+            registry=self.registry,
+        )
+        self.handle_seconds = Histogram(
+            "relay_consumer_handle_seconds",
+            "Seconds to handle a message: its handlers, then the ack or the forward.",
+            ["consumer"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "relay_consumer_in_flight",
+            "Handlers running now.",
+            ["consumer"],
+            registry=self.registry,
+        )
+        self._messages = children(self.messages)
+        self._handle_seconds = children(self.handle_seconds)
+
+    def handled(self, consumer: str, routing_key: str, outcome: str, seconds: float) -> None:
+        self._messages(consumer, self.routing_key(routing_key), outcome).inc()
+        self._handle_seconds(consumer).observe(seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsServer:
+    """The running `/metrics` endpoint and where it listens."""
+
+    runner: web.AppRunner
+    url: str
+
+
+async def serve_metrics(metrics: WorkerMetrics, port: int | None) -> MetricsServer | None:
+    """Start `/metrics` and `/healthz`; the caller cleans the returned runner up.
+
+    `port` 0 serves nothing. None (METRICS_PORT unset) takes DEFAULT_PORT, or any free
+    port when another worker on this host has it. A port that was set must be had.
+    """
+    if port == 0:
+        return None
+
+    async def render(request: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", render)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    for candidate in (DEFAULT_PORT, 0) if port is None else (port,):
+        try:
+            await web.TCPSite(runner, "0.0.0.0", candidate).start()
+        except OSError as exc:
+            if port is None and exc.errno == errno.EADDRINUSE:
+                continue
+            await runner.cleanup()
+            raise SettingsError(
+                "METRICS_PORT", f"cannot serve on {candidate}: {exc.strerror}"
+            ) from None
+        break
+    host, bound = runner.addresses[0][:2]
+    return MetricsServer(runner, f"http://{host}:{bound}/metrics")

@@ -1,0 +1,461 @@
+"""The worker: runs consumers in one process and decides every message's fate in one place.
+
+A message is acked only after its handlers return. A handler that raises sends a
+copy to the retry queue for its attempt, which dead-letters it back after the
+delay; after the last attempt, or on `Reject`, the copy goes to `.dead`. The copy
+is confirmed by the broker before the original is acked, so no path loses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+
+from consumers.consumer import Consumer, Route, check_unique
+from consumers.dedupe import Claim, Patience, open_store
+from consumers.event import ATTEMPT, Event, attempt_of, event_from, routing_key_of
+from consumers.operations.registry import enrol
+from consumers.runtime import resources
+from consumers.runtime.copies import Copies
+from consumers.runtime.failures import (
+    NoHandler,
+    failure_headers,
+    rejection,
+    requeue_pause,
+    retry_delay,
+)
+from consumers.runtime.metrics import WorkerMetrics, serve_metrics
+from consumers.runtime.session import Session, open_session
+from consumers.runtime.settling import STEP_TIMEOUT, bounded, quietly, settle
+from consumers.settings import WorkerSettings
+from consumers.topology import ConsumerQueues
+from service.observability.logs import bound_logger
+from service.shared import brokers
+from service.shared.brokers import Nodes
+from service.shared.bus import BusNames
+from service.shared.envelope import body_digest, parse
+from service.shared.errors import InvalidEnvelope
+from service.shared.supervise import keep_running
+from service.shared.supervise import stop as stop_task
+from service.shared.text import safe_text
+from service.shared.timing import backoff
+
+log = structlog.get_logger("consumers.worker")
+
+CONNECT_DELAYS = (0.5, 1.0, 2.0, 5.0)
+# Refusals at start that no retry can change: the worker stops and says why.
+PERMANENT = (
+    aiormq.exceptions.ChannelPreconditionFailed,
+    aiormq.exceptions.ChannelAccessRefused,
+    aiormq.exceptions.ConnectionNotAllowed,
+)
+
+
+@dataclass(slots=True)
+class _Running:
+    consumer: Consumer
+    queues: ConsumerQueues
+    channel: AbstractChannel
+    queue: AbstractQueue
+    once: Patience | None = None  # the dedupe store, for a consumer with dedupe on
+    tag: str = ""
+    handling: int = 0
+
+
+class Worker:
+    """Runs `consumers` until `stop` is set, then drains in-flight handlers and exits."""
+
+    def __init__(
+        self,
+        consumers: Sequence[Consumer],
+        settings: WorkerSettings,
+        *,
+        concurrency: int | None = None,
+        tracer: Any = None,
+    ) -> None:
+        """`tracer` (from `service.observability.tracing`) traces each handling.
+
+        The spans are `consumers.runtime.spans`.
+        """
+        check_unique(consumers)
+        self._tracer = tracer
+        self._spans: Any = None
+        if tracer is not None:
+            from consumers.runtime import spans
+
+            self._spans = spans
+        self._consumers = tuple(consumers)
+        self._settings = settings
+        self._names = BusNames(settings.bus_prefix)
+        self._concurrency = concurrency
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._copies = Copies()
+        self.metrics = WorkerMetrics()
+        self._log = bound_logger("consumers.worker")
+        self.ready = asyncio.Event()
+        self._once: Patience | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set.
+
+        Raises `SettingsError` if a set METRICS_PORT is taken or a consumer needs
+        DEDUPE_DATABASE_URL, and `StoreUnreachable` if that database cannot be used.
+        """
+        store = await open_store(self._consumers, self._settings)
+        pruning = None
+        if store is not None:
+            self._once = Patience(store)
+            pruning = keep_running("dedupe-pruner", store.prune_forever)
+        try:
+            metrics = await serve_metrics(self.metrics, self._settings.metrics_port)
+            try:
+                await self._run(stop, metrics.url if metrics else None)
+            finally:
+                if metrics is not None:
+                    await metrics.runner.cleanup()
+        finally:
+            await stop_task(pruning)
+            if store is not None:
+                await store.close()
+            # Handlers have drained: what they shared (an API client's pool) can go.
+            await resources.close_all()
+
+    async def _run(self, stop: asyncio.Event, metrics_url: str | None) -> None:
+        nodes = Nodes(brokers.split(self._settings.amqp_url.value))
+        event = "worker started"
+        while not stop.is_set():
+            session = await open_session(nodes, stop)
+            if session is None:
+                break
+            try:
+                running = await self._start_all(session, stop)
+                if running is None:
+                    break
+                log.info(
+                    event,
+                    consumers=[r.consumer.name for r in running],
+                    broker=session.node,
+                    metrics=metrics_url,
+                )
+                event = "worker reconnected"
+                self.ready.set()
+                await _first(stop.wait(), session.lost())
+                if stop.is_set():
+                    await self._stop_running(running)
+                    break
+                # What is in flight cannot be settled on the lost channels: the broker
+                # hands those messages out again.
+                log.warning(
+                    "broker connection lost; connecting again",
+                    broker=session.node,
+                    in_flight=len(self._in_flight),
+                )
+            except _SessionLost:
+                log.warning("broker connection lost while starting", broker=session.node)
+            finally:
+                await session.close()
+            nodes.advance()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CONNECT_DELAYS[0])
+        log.info("worker stopped")
+
+    async def _stop_running(self, running: list[_Running]) -> None:
+        log.info("worker stopping", in_flight=len(self._in_flight))
+        for item in running:
+            await bounded(item.queue.cancel(item.tag), "cancel the consumer")
+        await self._drain()
+        for item in running:
+            # Closing the channel waits for the broker, so every ack sent before it counts.
+            await bounded(item.channel.close(), "close the channel")
+
+    async def _start_all(self, session: Session, stop: asyncio.Event) -> list[_Running] | None:
+        """Open the channels and declare every consumer's queues, retrying what may pass.
+
+        Replicas that start at the same instant on a new broker race to create the same
+        quorum queues, and the loser can get INTERNAL_ERROR (noproc) once: that is
+        retried. A refusal that cannot pass (inequivalent queue arguments, no access)
+        ends the worker; a lost connection raises `_SessionLost`.
+        """
+        failures = 0
+        while not stop.is_set():
+            opened: list[AbstractChannel] = []
+            try:
+                publisher = await session.publishing.channel(
+                    publisher_confirms=True, on_return_raises=True
+                )
+                opened.append(publisher)
+                await session.watch(publisher)
+                self._copies.use(session, publisher)
+                running = []
+                for consumer in self._consumers:
+                    running.append(await self._start(session.consuming, consumer, opened))
+                return running
+            except PERMANENT:
+                raise
+            except (
+                aio_pika.exceptions.AMQPError,
+                # aiormq's word for a channel or connection that closed meanwhile.
+                RuntimeError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                if session.is_closed:
+                    raise _SessionLost from exc
+                quietly(
+                    log.warning,
+                    "worker start failed; retrying",
+                    error_type=type(exc).__name__,
+                    error=safe_text(str(exc))[:300],
+                )
+                for channel in opened:
+                    await bounded(channel.close(), "close the channel")
+                delay = backoff(CONNECT_DELAYS, failures)
+                failures += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    async def _start(
+        self,
+        connection: AbstractConnection,
+        consumer: Consumer,
+        opened: list[AbstractChannel],
+    ) -> _Running:
+        channel = await connection.channel()
+        opened.append(channel)
+        await channel.set_qos(prefetch_count=self._concurrency or consumer.concurrency)
+        queue = await enrol(connection, channel, self._names, consumer)
+        queues = ConsumerQueues(self._names.prefix, consumer.name)
+        once = self._once if consumer.dedupe else None
+        running = _Running(consumer, queues, channel, queue, once)
+        # Read when scraped, so counting a message costs no lock.
+        self.metrics.in_flight.labels(consumer.name).set_function(lambda: running.handling)
+
+        handle = self._handle if self._spans is None else self._traced
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            await handle(running, message)
+
+        running.tag = await queue.consume(on_message)
+        return running
+
+    async def _drain(self) -> None:
+        """Wait, bounded by SHUTDOWN_TIMEOUT, for in-flight handlers; cancel what is left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.shutdown_timeout
+        while True:
+            # A delivery already received reaches `_handle` through two task hops.
+            await asyncio.sleep(0.05)
+            if not self._in_flight:
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                log.warning("handlers still running at the deadline; their messages go back")
+                for task in self._in_flight:
+                    task.cancel()
+                # A handler that ignores its cancellation is left behind, bounded.
+                if self._in_flight:
+                    await asyncio.wait(set(self._in_flight), timeout=STEP_TIMEOUT)
+                return
+            await asyncio.wait(set(self._in_flight), timeout=remaining)
+
+    async def _traced(self, running: _Running, message: AbstractIncomingMessage) -> None:
+        """`_handle` inside its CONSUMER span; chosen only while tracing is on."""
+        with self._spans.handling(
+            self._tracer,
+            running.queue.name,
+            running.consumer.name,
+            message,
+            routing_key_of(message),
+            attempt_of(message),
+        ):
+            await self._handle(running, message)
+
+    async def _handle(self, running: _Running, message: AbstractIncomingMessage) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
+        started = time.perf_counter()
+        attempt = attempt_of(message)
+        routing_key = routing_key_of(message)
+        name = running.consumer.name
+        running.handling += 1
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(
+            consumer=running.consumer.name, message_id=message.message_id, attempt=attempt
+        )
+        try:
+            outcome = await self._process(running, message, routing_key, attempt)
+        except asyncio.CancelledError:
+            quietly(log.warning, "handler cancelled; the message goes back to the queue")
+            raise
+        except Exception as fault:
+            # A fault of the runtime, not of the handler: never leave the message stranded.
+            outcome = "ok"
+            if not message.processed:
+                await asyncio.sleep(requeue_pause(message))
+                await settle(message.nack(requeue=True))
+                outcome = "requeued"
+            quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
+        finally:
+            self._in_flight.discard(task)
+            running.handling -= 1
+        seconds = time.perf_counter() - started
+        self.metrics.handled(name, routing_key, outcome, seconds)
+        if self._spans is not None:
+            self._spans.outcome(outcome)
+        # Filtered messages are routine for a consumer of a few tenants: debug, not info.
+        method = self._log.debug if outcome == "filtered" else self._log.info
+        quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
+
+    async def _process(
+        self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
+    ) -> str:
+        try:
+            envelope = parse(message.body)
+        except InvalidEnvelope as invalid:
+            return await self._dead(
+                running,
+                message,
+                body_digest(message.body),
+                routing_key,
+                attempt,
+                invalid,
+                "rejected",
+            )
+        event = event_from(message, envelope, routing_key, attempt)
+        message_id = event.message_id
+        structlog.contextvars.bind_contextvars(
+            event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
+        )
+        routes = running.consumer.routes_for(routing_key)
+        taken = [route for route in routes if route.takes(event.tenant_id)]
+        if routes and not taken:  # no handler takes this tenant
+            await settle(message.ack())
+            return "filtered"
+        claim = None
+        if running.once is not None and taken:
+            claim = await running.once.claim(running.consumer.name, message_id)
+            if claim is None:  # a handling of this id succeeded already
+                await settle(message.ack())
+                return "duplicate"
+            event = dataclasses.replace(event, claim=claim)
+        failure = await self._call(running, event, taken, claim)
+        if failure is None:
+            if running.once is not None and claim is not None and not claim.done:
+                await running.once.finish(claim)
+            await settle(message.ack())
+            return "ok"
+        return await self._failed(running, message, message_id, routing_key, attempt, failure)
+
+    async def _call(
+        self, running: _Running, event: Event, taken: list[Route], claim: Claim | None
+    ) -> BaseException | None:
+        """Run the handlers; return what one raised, or None. A failed claim is released."""
+        keeping = None
+        succeeded: list[str] = []
+        if running.once is not None and claim is not None:
+            # Handlers that succeeded on an earlier attempt do not run again.
+            taken = [route for route in taken if route.name not in claim.handled]
+            claim.pending = {route.name for route in taken}
+            keeping = asyncio.create_task(running.once.keep(claim))
+        try:
+            if not taken and claim is None:
+                # During a rolling deploy another replica may know this pattern: retry.
+                name = running.consumer.name
+                raise NoHandler(f"no handler of {name!r} matches {event.routing_key!r}")
+            for route in taken:
+                if claim is not None:
+                    claim.current = route.name
+                if self._spans is None:
+                    await route.handler(event)
+                else:
+                    await self._spans.call(
+                        self._tracer, running.consumer.name, route.handler, event
+                    )
+                if claim is not None:
+                    claim.pending.discard(route.name)
+                    succeeded.append(route.name)
+        except (Exception, asyncio.CancelledError) as failure:
+            task = asyncio.current_task()
+            if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
+                raise  # the worker itself is cancelling the handler
+            if self._spans is not None:
+                self._spans.failed(failure)
+            if running.once is not None and claim is not None:
+                await running.once.release(claim, succeeded)
+            return failure
+        finally:
+            if keeping is not None:
+                keeping.cancel()
+        return None
+
+    async def _failed(
+        self,
+        running: _Running,
+        message: AbstractIncomingMessage,
+        message_id: str,
+        routing_key: str,
+        attempt: int,
+        failure: BaseException,
+    ) -> str:
+        """Retry the message, or dead-letter it: after the last attempt, or on `Reject`."""
+        if rejected := rejection(failure):
+            return await self._dead(
+                running, message, message_id, routing_key, attempt, rejected, "rejected"
+            )
+        error_type = type(failure).__name__
+        quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
+        delays = running.consumer.retry_delays
+        if attempt > len(delays):
+            return await self._dead(
+                running, message, message_id, routing_key, attempt, failure, "dead"
+            )
+        extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
+        extra[ATTEMPT] = attempt + 1
+        target = running.queues.retry(retry_delay(delays, attempt, failure))
+        forwarded = await self._copies.forward(message, message_id, target, extra)
+        return "retried" if forwarded else "requeued"
+
+    async def _dead(
+        self,
+        running: _Running,
+        message: AbstractIncomingMessage,
+        message_id: str,
+        routing_key: str,
+        attempt: int,
+        failure: BaseException,
+        outcome: str,
+    ) -> str:
+        extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
+        forwarded = await self._copies.forward(message, message_id, running.queues.dead, extra)
+        return outcome if forwarded else "requeued"
+
+
+class _SessionLost(Exception):
+    """The broker connection closed while the worker was starting on it."""
+
+
+async def _first(*waits: Awaitable[object]) -> None:
+    """Return once any of `waits` is done; cancel the rest."""
+    tasks = {asyncio.ensure_future(each) for each in waits}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,1 @@
+"""Logs, redaction, metrics and traces: for the receiver and the workers alike."""

@@ -1,0 +1,99 @@
+"""The receiver's spans, used only while tracing is on (`service.observability.tracing`).
+
+A SERVER span per delivery, with HTTP's semantic conventions and the outcome; a new
+trace of our own, unless `TRACE_SENDER_CONTEXT=authenticated` lets an authenticated
+delivery's `traceparent` be its parent. Storing is a PRODUCER child (`publish
+{exchange}`), whose context goes into the message's `traceparent` and `tracestate`
+headers, so that the spool, retries, dead letters and replays keep it; a delivery the
+broker does not take gets a `spool` child. A spooled record's later publish is a
+child of the context it carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from aiohttp import web
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from service.shared.bus import Outgoing
+from service.shared.errors import PublishFailed
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _messaging(message: Outgoing, operation: str) -> dict[str, Any]:
+    return {
+        "messaging.system": "rabbitmq",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": "publish",
+        "messaging.destination.name": message.exchange or "amq.default",
+        "messaging.rabbitmq.destination.routing_key": message.routing_key,
+        "messaging.message.id": message.message_id,
+        "messaging.message.body.size": len(message.body),
+    }
+
+
+async def store(
+    tracer: Any,
+    message: Outgoing,
+    publish: Callable[[Outgoing], Awaitable[None]],
+    spool: Callable[[Outgoing], Awaitable[None]] | None,
+) -> tuple[Literal["broker", "spool"], str | None]:
+    """Publish `message` (or spool it) inside a PRODUCER span whose context it carries."""
+    name = f"publish {message.exchange or message.routing_key}"
+    with tracer.start_as_current_span(
+        name, kind=SpanKind.PRODUCER, attributes=_messaging(message, "send")
+    ) as span:
+        headers = message.properties.headers
+        if headers is None:
+            headers = message.properties.headers = {}
+        propagate.inject(headers)
+        try:
+            await publish(message)
+        except PublishFailed as failure:
+            span.set_attribute("error.type", type(failure).__name__)
+            if spool is None:
+                span.set_status(Status(StatusCode.ERROR, type(failure).__name__))
+                raise
+            with tracer.start_as_current_span(
+                "spool", attributes={"relay.cause": type(failure).__name__}
+            ):
+                await spool(message)
+            span.set_attribute("relay.stored", "spool")
+            return "spool", type(failure).__name__
+        span.set_attribute("relay.stored", "broker")
+        return "broker", None
+
+
+def draining(
+    tracer: Any, publish: Callable[[Outgoing], Awaitable[None]]
+) -> Callable[[Outgoing], Awaitable[None]]:
+    """`publish` for spooled records: a PRODUCER span, child of the record's own context."""
+
+    async def republish(message: Outgoing) -> None:
+        parent = propagate.extract(message.properties.headers or {})
+        with tracer.start_as_current_span(
+            f"publish {message.exchange} from the spool",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes=_messaging(message, "send"),
+        ) as span:
+            try:
+                await publish(message)
+            except Exception as failure:
+                span.set_attribute("error.type", type(failure).__name__)
+                span.set_status(Status(StatusCode.ERROR, type(failure).__name__))
+                raise
+
+    return republish
+
+
+def current_ids() -> tuple[str, str] | None:
+    """The current span's trace and span id in hex, for log lines; None outside one."""
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"{context.trace_id:032x}", f"{context.span_id:016x}"

@@ -1,0 +1,1 @@
+"""Tests of the consumers, folder for folder as `consumers/`."""

@@ -1,0 +1,1 @@
+"""Tests of the operator console, in a real Chromium."""

@@ -1,0 +1,1 @@
+"""Tests of the receiver, folder for folder as `service/`."""

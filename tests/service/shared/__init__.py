@@ -1,0 +1,1 @@
+"""Tests of what the receiver and the consumers share."""
