@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest faults bench rabbitmq postgres venv clean
+.PHONY: run test lint typecheck pytest faults bench docs docs-serve rabbitmq postgres venv clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,14 @@ bench: venv
 		|| echo "wrk is not installed; using the built-in load generator"
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m tests.bench
+
+docs: venv
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,docs]'
+	$(BIN)/mkdocs build --strict
+
+docs-serve: venv
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,docs]'
+	$(BIN)/mkdocs serve --dev-addr 127.0.0.1:8000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
