@@ -22,7 +22,10 @@ from service.spool.segments import SpoolUnusable
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m service",
-        description="Avionté webhook receiver. Configured by environment variables; see README.",
+        description=(
+            "Avionté webhook receiver. Configured by environment variables;"
+            " see the manual's reference of settings (docs/reference/settings.md)."
+        ),
     )
     commands = parser.add_subparsers(dest="command")
     sim = commands.add_parser("simulate", help="send Avionté-shaped deliveries to a receiver")

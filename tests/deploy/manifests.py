@@ -27,7 +27,7 @@ K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
 DEFAULT_BUS_PREFIX = Settings.bus_prefix
-# Each shutdown step of a worker that talks to the broker is bounded at this (README).
+# Each shutdown step of a worker that talks to the broker is bounded at this (the manual).
 WORKER_BROKER_STEP = 5
 # After SHUTDOWN_GRACE, the receiver waits this long past PUBLISH_TIMEOUT for publishes.
 RECEIVER_DRAIN_SLACK = 5

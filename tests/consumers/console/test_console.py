@@ -348,7 +348,7 @@ async def test_it_will_not_start_without_a_password(bus: BusView) -> None:
 
 @pytest.mark.default_ports(8090)
 async def test_by_default_it_listens_on_127_0_0_1_port_8090(bus: BusView, tmp_path: Path) -> None:
-    # As the README runs it: only the password (and the test's own prefix).
+    # As the manual runs it: only the password (and the test's own prefix).
     env = {"BUS_PREFIX": bus.names.prefix, "CONSOLE_PASSWORD": PASSWORD, "LOG_FORMAT": "json"}
     running = await start_console(tmp_path / "console.log", env)
     try:
@@ -385,7 +385,7 @@ def _held_copy() -> aio_pika.Message:
 
 
 def _shots(tmp_path: Path) -> Path:
-    """Where screenshots go: CONSOLE_SCREENSHOTS (for the README's), else the test's own."""
+    """Where screenshots go: CONSOLE_SCREENSHOTS (for the manual's), else the test's own."""
     where = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
     where.mkdir(parents=True, exist_ok=True)
     return where
