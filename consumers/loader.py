@@ -12,36 +12,9 @@ import consumers
 from consumers.consumer import Consumer, check_unique
 from consumers.errors import LoadError
 
-# Modules of the runtime itself, never consumers.
+# Modules of the runtime itself, never consumers; sub-packages are never consumers either.
 _RUNTIME = frozenset(
-    {
-        "avionte",
-        "cli",
-        "console",
-        "consumer",
-        "copies",
-        "dead",
-        "dedupe",
-        "errors",
-        "event",
-        "failures",
-        "loader",
-        "metrics",
-        "patterns",
-        "prune",
-        "registry",
-        "reroute",
-        "resources",
-        "session",
-        "spans",
-        "settings",
-        "settling",
-        "tail",
-        "threads",
-        "transfer",
-        "topology",
-        "worker",
-    }
+    {"consumer", "dedupe", "errors", "event", "loader", "patterns", "settings", "topology"}
 )
 
 
@@ -101,5 +74,5 @@ def bundled() -> list[str]:
     return sorted(
         info.name
         for info in pkgutil.iter_modules(consumers.__path__)
-        if info.name not in _RUNTIME and not info.name.startswith("_")
+        if not info.ispkg and info.name not in _RUNTIME and not info.name.startswith("_")
     )

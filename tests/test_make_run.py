@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -111,3 +114,32 @@ async def _forget_dedupe_rows(prefix: str) -> None:
             await connection.execute("DELETE FROM relay_dedupe WHERE scope = $1", prefix)
     finally:
         await connection.close()
+
+
+def test_a_taken_default_port_stops_the_run_at_once_naming_it() -> None:
+    # Held by "someone else" (the port the console's default test needs): a run that
+    # selects that test stops before any test, with the port and what to do.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 8090))
+        holder.listen()
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/consumers/console/test_console.py",
+                "-k",
+                "by_default",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "port 8090 is taken on this machine" in done.stdout + done.stderr
+    assert "passed" not in done.stdout

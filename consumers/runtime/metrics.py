@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -86,16 +87,25 @@ async def serve_metrics(metrics: WorkerMetrics, port: int | None) -> MetricsServ
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    listening = None
     for candidate in (DEFAULT_PORT, 0) if port is None else (port,):
+        # Bound here, not by a site: a site whose bind failed stays half set up in the
+        # runner, and replicas starting together race for the default port.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            await web.TCPSite(runner, "0.0.0.0", candidate).start()
+            sock.bind(("0.0.0.0", candidate))
         except OSError as exc:
+            sock.close()
             if port is None and exc.errno == errno.EADDRINUSE:
                 continue
             await runner.cleanup()
             raise SettingsError(
                 "METRICS_PORT", f"cannot serve on {candidate}: {exc.strerror}"
             ) from None
+        listening = sock
         break
+    assert listening is not None  # port 0 always binds
+    await web.SockSite(runner, listening).start()
     host, bound = runner.addresses[0][:2]
     return MetricsServer(runner, f"http://{host}:{bound}/metrics")
