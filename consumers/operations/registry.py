@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,18 @@ class _Fold:
         }
 
 
+# One reader or writer at a time per connection: each opens and closes channels (a
+# passive declare of a missing queue has the broker close one), and many of those at
+# once on one connection were seen to end it ("expected 'channel.open'"). Processes
+# still read and write at the same time, each on its own connection.
+_TURNS: weakref.WeakKeyDictionary[AbstractConnection, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _turn(connection: AbstractConnection) -> asyncio.Lock:
+    return _TURNS.setdefault(connection, asyncio.Lock())
+
+
 async def _exists(connection: AbstractConnection, queue: str) -> bool:
-    # A passive declare of a missing queue closes its channel: one channel each.
     channel = await connection.channel()
     try:
         await channel.declare_queue(queue, passive=True)
@@ -146,13 +157,14 @@ async def _publish(channel: AbstractChannel, names: BusNames, records: Iterable[
 
 async def append(connection: AbstractConnection, names: BusNames, *records: object) -> None:
     """Append `records` to the log, each confirmed by the broker; create the log if need be."""
-    await _migrate(connection, names)
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    try:
-        await channel.declare_queue(registry_stream(names), durable=True, arguments=STREAM)
-        await _publish(channel, names, records)
-    finally:
-        await channel.close()
+    async with _turn(connection):
+        await _migrate(connection, names)
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            await channel.declare_queue(registry_stream(names), durable=True, arguments=STREAM)
+            await _publish(channel, names, records)
+        finally:
+            await channel.close()
 
 
 class Follower:
@@ -229,14 +241,15 @@ class Follower:
 
 async def read(connection: AbstractConnection, names: BusNames) -> Entries:
     """The whole registry now; empty (and nothing created) when the prefix has none."""
-    follower = Follower(connection, names)
-    try:
-        if not await follower.start():
-            return {}
-        await follower.sync()
-        return follower.entries
-    finally:
-        await follower.close()
+    async with _turn(connection):
+        follower = Follower(connection, names)
+        try:
+            if not await follower.start():
+                return {}
+            await follower.sync()
+            return follower.entries
+        finally:
+            await follower.close()
 
 
 async def enrol(
