@@ -235,8 +235,10 @@ class Follower:
                     seen.set_result(None)
             else:
                 self._fold.apply(record)
-        # Stream consumers ack only to receive more: nothing is removed.
-        await message.ack()
+        # Stream consumers ack only to receive more: nothing is removed. A reader done
+        # with the log closes its channel while more may still be arriving.
+        with contextlib.suppress(aio_pika.exceptions.ChannelInvalidStateError):
+            await message.ack()
 
 
 async def read(connection: AbstractConnection, names: BusNames) -> Entries:
