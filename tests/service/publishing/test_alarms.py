@@ -113,6 +113,12 @@ async def test_with_a_spool_a_blocked_broker_spools_at_once_and_drains_after(
         AMQP_URL=node.url, BUS_PREFIX=own_bus.names.prefix, SPOOL_DIR=str(tmp_path / "spool")
     )
     probe = await own_bus.probe("placement.#")
+
+    async def connected() -> bool:
+        # Ready with a spool means ready before the broker is: wait for the broker here.
+        return bool((await receiver.status())["broker"] == "connected")
+
+    await until(connected)
     assert (await post(receiver))[0] == 200
     await asyncio.to_thread(node.memory_alarm, True)
     first = await post(receiver)  # spooled after PUBLISH_TIMEOUT; then the broker told
