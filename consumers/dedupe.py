@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Literal, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
@@ -154,6 +154,7 @@ class Claim:
         return (self.store.scope, self.consumer, self.message_id, self.owner)
 
 
+T = TypeVar("T")
 Busy = float  # seconds until another replica's claim runs out
 # Subscripted only for the type checker: at run time the class takes no parameters.
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
@@ -309,18 +310,26 @@ class Patience:
             log.info("dedupe store available again")
         self._down = False
 
-    async def claim(self, consumer: str, message_id: str) -> Claim | None:
-        """Our claim, or None when a handling already succeeded (a duplicate)."""
+    async def _outlasting(self, doing: str, call: Callable[[], Awaitable[T]]) -> T:
+        """`call()`'s answer, asked again with back-off for as long as the store is down."""
         failures = 0
         while True:
             try:
-                decided = await self.store.claim(consumer, message_id)
+                answer = await call()
             except UNAVAILABLE as exc:
-                self._failed(exc, "claim")
+                self._failed(exc, doing)
                 await asyncio.sleep(backoff(RETRY_DELAYS, failures))
                 failures += 1
                 continue
             self._worked()
+            return answer
+
+    async def claim(self, consumer: str, message_id: str) -> Claim | None:
+        """Our claim, or None when a handling already succeeded (a duplicate)."""
+        while True:
+            decided = await self._outlasting(
+                "claim", lambda: self.store.claim(consumer, message_id)
+            )
             if decided == "duplicate":
                 return None
             if isinstance(decided, Claim):
@@ -330,36 +339,15 @@ class Patience:
 
     async def finish(self, claim: Claim) -> None:
         """Record a success, however long the database takes to come back."""
-        failures = 0
-        while True:
-            try:
-                kept = await self.store.finish(claim)
-            except UNAVAILABLE as exc:
-                self._failed(exc, "record")
-                await asyncio.sleep(backoff(RETRY_DELAYS, failures))
-                failures += 1
-                continue
-            self._worked()
-            if not kept:
-                log.warning("the claim ran out before the handling ended; it may run twice")
-            return
+        if not await self._outlasting("record", lambda: self.store.finish(claim)):
+            log.warning("the claim ran out before the handling ended; it may run twice")
 
     async def release(self, claim: Claim, succeeded: Sequence[str]) -> None:
         """End a failed handling's claim, keeping what succeeded, however long that takes.
 
         Giving up here could lose `succeeded`, and its handlers would run again.
         """
-        failures = 0
-        while True:
-            try:
-                await self.store.release(claim, succeeded)
-            except UNAVAILABLE as exc:
-                self._failed(exc, "release")
-                await asyncio.sleep(backoff(RETRY_DELAYS, failures))
-                failures += 1
-                continue
-            self._worked()
-            return
+        await self._outlasting("release", lambda: self.store.release(claim, succeeded))
 
     async def keep(self, claim: Claim) -> None:
         """Move the claim's lease on while its handling runs (cancel when it ends)."""
