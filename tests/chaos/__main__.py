@@ -1,0 +1,173 @@
+"""`make chaos`: run the whole system under seeded random faults, then balance the ledger.
+
+CHAOS_SECONDS (default 120) long, CHAOS_SEED (random when unset, printed first),
+CHAOS_RATE deliveries a second (default 15). Exit 0 when the ledger balances, 1 when
+something was lost, duplicated past its guarantee or unexplained, 2 when the run itself
+could not be carried out (a fault that could not be injected or undone). The work
+directory, with every process's log, is kept when the run fails or CHAOS_KEEP=1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.chaos import collect, faults, operators
+from tests.chaos.ledger import HEADER, Ledger, Seen, missing, reconcile
+from tests.chaos.plan import FAULTS, Action, Plan, make_plan
+from tests.chaos.record import Journal
+from tests.chaos.sender import Outcomes, send_all
+from tests.chaos.system import System, running_system
+
+DRAIN_SECONDS = 240.0
+SETTLE_SECONDS = 5.0
+
+
+def _setting(name: str, default: float, cast: Callable[[str], float]) -> float:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = cast(text)
+    except ValueError:
+        sys.exit(f"error: {name} must be a number, got {text!r}")
+    if value < 0:
+        sys.exit(f"error: {name} must not be negative, got {text!r}")
+    return value
+
+
+async def _at(journal: Journal, at: float, run: Callable[[], Awaitable[None]], what: str) -> None:
+    await asyncio.sleep(max(0.0, at - journal.now()))
+    try:
+        await run()
+    except Exception as exc:  # the harness failed, not the system: the run is void
+        done = journal.begin(what, "", at)
+        journal.end(done, f"HARNESS FAILED: {type(exc).__name__}: {exc}")
+        journal.void = True
+
+
+async def _restore(system: System) -> None:
+    """Undo anything a fault left: every node up and unalarmed, links open, disk free."""
+    for index in sorted(system.down):
+        await system.node_up(index)
+    for node in system.cluster.nodes:
+        await asyncio.to_thread(node.memory_alarm, False)
+    for slot in system.receivers:
+        for proxy in slot.proxies:
+            proxy.refuse(False)
+            proxy.resume()
+        if slot.disk is not None:
+            slot.disk.free()
+    assert system.postgres is not None
+    system.postgres.refuse(False)
+    system.postgres.answer(None)
+
+
+async def _drain(system: System, plan: Plan, outcomes: Outcomes, journal: Journal) -> None:
+    """Wait until the spools are empty and every accepted event is handled, then settle."""
+    kinds = {d.correlation_id: d.kind for d in plan.deliveries}
+    done = journal.begin("drain", "", journal.now())
+    deadline = time.monotonic() + DRAIN_SECONDS
+    left = -1
+    while time.monotonic() < deadline:
+        spooled = await system.spooled()
+        seen = Seen(await collect.handlings(system), {}, (), 0)
+        left = missing(kinds, outcomes.accepted, seen)
+        if spooled == 0 and left == 0:
+            break
+        await asyncio.sleep(1.0)
+    await asyncio.sleep(SETTLE_SECONDS)  # late duplicates and dead letters
+    journal.end(done, f"{left} accepted event(s) still unhandled" if left else "drained")
+
+
+async def run(plan: Plan, workdir: Path) -> tuple[Ledger, Journal]:
+    outcomes = Outcomes()
+    async with running_system(workdir) as system:
+        journal = Journal()
+        urls = [slot.url for slot in system.receivers]
+        sending = asyncio.create_task(send_all(urls, plan.deliveries, outcomes))
+        acts = []
+        for action in plan.actions:
+            act = faults.inject if action.what in FAULTS else operators.command
+            acts.append(_at(journal, action.at, _bind(act, system, action, journal), action.what))
+        acts.append(
+            _at(
+                journal,
+                plan.retire_at,
+                lambda: operators.retire(system, plan.retire_at, journal),
+                "retire",
+            )
+        )
+        await asyncio.gather(*acts)
+        await sending
+        await _restore(system)
+        await _drain(system, plan, outcomes, journal)
+        codes = await system.stop_tails()
+        done = journal.begin("tail x2", "every event", 0.0)
+        journal.end(done, "exit " + ", ".join(str(code) for code in codes))
+        handled = await collect.handlings(system)
+        dead, unrouted, invalid = await collect.held(system)
+    kinds = {d.correlation_id: d.kind for d in plan.deliveries}
+    seen = Seen(handled, dead, unrouted, invalid)
+    ledger = reconcile(
+        kinds, outcomes.accepted, len(outcomes.given_up), len(outcomes.refused), seen
+    )
+    ledger.answers = dict(outcomes.answers)
+    return ledger, journal
+
+
+def _bind(
+    act: Callable[[System, Action, Journal], Awaitable[None]],
+    system: System,
+    action: Action,
+    journal: Journal,
+) -> Callable[[], Awaitable[None]]:
+    return lambda: act(system, action, journal)
+
+
+def main() -> int:
+    seconds = _setting("CHAOS_SECONDS", 120.0, float)
+    seed = int(_setting("CHAOS_SEED", random.randrange(1, 2**31), int))
+    rate = _setting("CHAOS_RATE", 15.0, float)
+    print(f"chaos: seed={seed} seconds={seconds:g} rate={rate:g}/s", flush=True)
+    if os.environ.get("CHAOS_BREAK"):
+        print(f"chaos: a deliberately broken build (CHAOS_BREAK={os.environ['CHAOS_BREAK']})")
+    plan = make_plan(seed, seconds, rate)
+    print(
+        f"chaos: {len(plan.deliveries)} deliveries, {len(plan.actions)} faults and commands,"
+        f" retirement at {plan.retire_at:.1f} s; starting a three-node cluster",
+        flush=True,
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="relay-chaos-"))
+    ledger, journal = asyncio.run(run(plan, workdir))
+    print("\n".join(journal.table()))
+    print()
+    print(HEADER)
+    for row in (*ledger.rows, ledger.unrouted):
+        print(row.line())
+    print(f"sender: answers {ledger.answers}; gave up on {ledger.given_up} (never accepted)")
+    injected = sum(1 for entry in journal.entries if entry.what in FAULTS)
+    print(
+        f"ledger: seed={seed} sent={ledger.sent} accepted={ledger.accepted} lost={ledger.lost}"
+        f" duplicated={ledger.duplicated} unexplained={ledger.unexplained} faults={injected}"
+    )
+    failed = ledger.lost or ledger.duplicated or ledger.unexplained
+    if failed or journal.void or os.environ.get("CHAOS_KEEP") == "1":
+        print(f"chaos: logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if journal.void:
+        print("chaos: the run is void: the harness could not carry out its plan", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
