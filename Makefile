@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest faults bench docs docs-serve rabbitmq postgres venv clean
+.PHONY: run test lint typecheck pytest faults chaos bench docs docs-serve rabbitmq postgres venv clean
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ pytest: venv
 faults: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	$(BIN)/pytest -m faults -s tests/faults
+
+# A seeded run of the whole system under random faults; CHAOS_SECONDS (120), CHAOS_SEED.
+chaos: venv
+	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
+	$(BIN)/python -m tests.chaos
 
 bench: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"

@@ -27,6 +27,9 @@ from tests.chaos.sender import Outcomes, send_all
 from tests.chaos.system import System, running_system
 
 DRAIN_SECONDS = 240.0
+# Draining ends early when nothing more is handled for this long (a worker killed
+# mid-handling holds its dedupe claim for DEDUPE_LEASE, 30 s by default).
+IDLE_SECONDS = 45.0
 SETTLE_SECONDS = 5.0
 
 
@@ -75,12 +78,17 @@ async def _drain(system: System, plan: Plan, outcomes: Outcomes, journal: Journa
     kinds = {d.correlation_id: d.kind for d in plan.deliveries}
     done = journal.begin("drain", "", journal.now())
     deadline = time.monotonic() + DRAIN_SECONDS
-    left = -1
+    left, progress, moved = -1, -1, time.monotonic()
     while time.monotonic() < deadline:
         spooled = await system.spooled()
-        seen = Seen(await collect.handlings(system), {}, (), 0)
-        left = missing(kinds, outcomes.accepted, seen)
+        handled = await collect.handlings(system)
+        left = missing(kinds, outcomes.accepted, Seen(handled, {}, (), 0))
         if spooled == 0 and left == 0:
+            break
+        total = sum(sum(counter.values()) for counter in handled.values())
+        if total != progress or spooled != 0:
+            progress, moved = total, time.monotonic()
+        elif time.monotonic() - moved > IDLE_SECONDS:
             break
         await asyncio.sleep(1.0)
     await asyncio.sleep(SETTLE_SECONDS)  # late duplicates and dead letters
@@ -111,7 +119,9 @@ async def run(plan: Plan, workdir: Path) -> tuple[Ledger, Journal]:
         await _drain(system, plan, outcomes, journal)
         codes = await system.stop_tails()
         done = journal.begin("tail x2", "every event", 0.0)
-        journal.end(done, "exit " + ", ".join(str(code) for code in codes))
+        printed = ", ".join(str(len(ids & outcomes.accepted)) for ids in system.tailed())
+        exits = ", ".join(str(code) for code in codes)
+        journal.end(done, f"exit {exits}; accepted events printed: {printed}")
         handled = await collect.handlings(system)
         dead, unrouted, invalid = await collect.held(system)
     kinds = {d.correlation_id: d.kind for d in plan.deliveries}

@@ -55,7 +55,7 @@ HEADER = (
 class Seen:
     """What the run left behind: handlings per consumer, dead letters, `.unrouted`."""
 
-    handled: Mapping[str, Counter[str]]
+    handled: dict[str, Counter[str]]
     dead: Mapping[str, Collection[str]]
     unrouted: Collection[str]
     invalid: int
@@ -122,12 +122,18 @@ def _permanent(consumer: Consumer, kinds: Mapping[str, str], accepted: set[str],
     expected = {cid for cid in accepted if binds(consumer, kinds[cid])}
     refusing = name in REJECTING
     meant_dead = {cid for cid in expected if refusing and rejected(name, cid)}
+    # A delivery the sender gave up on may have been stored all the same.
+    may_be_dead = {
+        cid
+        for cid, kind in kinds.items()
+        if refusing and binds(consumer, kind) and rejected(name, cid)
+    }
     row = Row(name, accepted=len(expected))
     row.handled = len(set(handled) & expected)
     row.duplicates = sum(count - 1 for count in handled.values())
     row.lost = len(expected - meant_dead - set(handled)) + len(meant_dead - dead)
     row.dead_expected = len(meant_dead & dead)
-    row.dead_unexpected = len(dead - meant_dead)
+    row.dead_unexpected = len(dead - may_be_dead)
     row.unexplained = _strangers(consumer, handled, kinds) + len(set(handled) & meant_dead)
     return row
 

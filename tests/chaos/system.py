@@ -78,6 +78,7 @@ class System:
         self.database_url = ""
         self.console: Console | None = None
         self.tails: list[asyncio.subprocess.Process] = []
+        self.tail_logs: list[Path] = []
         self._logs = 0
 
     @property
@@ -184,6 +185,7 @@ class System:
 
     async def _tail(self) -> asyncio.subprocess.Process:
         log = self.log("tail")
+        self.tail_logs.append(log)
         with log.open("w") as out:
             return await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -235,6 +237,13 @@ class System:
             except TimeoutError:
                 codes.append(None)
         return codes
+
+    def tailed(self) -> list[set[str]]:
+        """The message ids each `tail` printed."""
+        return [
+            {part[3:] for part in log.read_text().split() if part.startswith("id=")}
+            for log in self.tail_logs
+        ]
 
     async def stop_processes(self) -> None:
         children = [w.process for ws in self.workers.values() for w in ws]
