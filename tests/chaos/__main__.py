@@ -18,6 +18,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from tests.chaos import collect, faults, operators
 from tests.chaos.ledger import HEADER, Ledger, Seen, missing, reconcile
@@ -26,7 +27,10 @@ from tests.chaos.record import Journal
 from tests.chaos.sender import Outcomes, send_all
 from tests.chaos.system import System, running_system
 
+T = TypeVar("T")
 DRAIN_SECONDS = 240.0
+# However the run goes, it ends: the plan, then at most this long for everything else.
+OVERTIME_SECONDS = 900.0
 # Draining ends early when nothing more is handled for this long (a worker killed
 # mid-handling holds its dedupe claim for DEDUPE_LEASE, 30 s by default).
 IDLE_SECONDS = 45.0
@@ -142,6 +146,11 @@ def _bind(
     return lambda: act(system, action, journal)
 
 
+async def _bounded(work: Awaitable[T], seconds: float) -> T:
+    async with asyncio.timeout(seconds):
+        return await work
+
+
 def main() -> int:
     seconds = _setting("CHAOS_SECONDS", 120.0, float)
     seed = int(_setting("CHAOS_SEED", random.randrange(1, 2**31), int))
@@ -156,7 +165,12 @@ def main() -> int:
         flush=True,
     )
     workdir = Path(tempfile.mkdtemp(prefix="relay-chaos-"))
-    ledger, journal = asyncio.run(run(plan, workdir))
+    try:
+        ledger, journal = asyncio.run(_bounded(run(plan, workdir), seconds + OVERTIME_SECONDS))
+    except TimeoutError:
+        print(f"chaos: the run is void: it did not end within {seconds + OVERTIME_SECONDS:.0f} s")
+        print(f"chaos: logs kept in {workdir}")
+        return 2
     print("\n".join(journal.table()))
     print()
     print(HEADER)

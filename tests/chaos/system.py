@@ -217,12 +217,12 @@ class System:
     async def spooled(self) -> int:
         """Records still in the receivers' spools (-1 when one does not answer)."""
         total = 0
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
             for slot in self.receivers:
                 try:
                     async with session.get(f"{slot.url}/readyz") as response:
                         total += int((await response.json())["spool"]["records"])
-                except (aiohttp.ClientError, KeyError, ValueError):
+                except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
                     return -1
         return total
 
