@@ -172,15 +172,49 @@ class DedupeStore:
 
     @classmethod
     async def open(
+        cls,
+        url: str,
+        display: str,
+        scope: str,
+        *,
+        lease: float,
+        retention: float,
+        patience: float = 0.0,
+    ) -> DedupeStore:
+        """Connect and create the table if it is not there; `display` names it without secrets.
+
+        A database that is down (refusing, restarting, starting up) is waited for, up to
+        `patience` seconds; one that refuses the login or names no database is not.
+        """
+        deadline = asyncio.get_running_loop().time() + patience
+        failures = 0
+        while True:
+            try:
+                return await cls._open(url, display, scope, lease=lease, retention=retention)
+            except StoreUnreachable as unreachable:
+                cause = unreachable.__cause__
+                left = deadline - asyncio.get_running_loop().time()
+                if not isinstance(cause, UNAVAILABLE) or left <= 0:
+                    raise unreachable from None
+                if failures == 0:
+                    log.warning(
+                        "dedupe store unavailable at start; waiting for it",
+                        error=type(cause).__name__,
+                        up_to_s=round(left, 1),
+                    )
+                await asyncio.sleep(min(left, backoff(RETRY_DELAYS, failures)))
+                failures += 1
+
+    @classmethod
+    async def _open(
         cls, url: str, display: str, scope: str, *, lease: float, retention: float
     ) -> DedupeStore:
-        """Connect and create the table if it is not there; `display` names it without secrets."""
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
         except (*UNAVAILABLE, asyncpg.PostgresError, ValueError) as exc:
             raise StoreUnreachable(
                 f"DEDUPE_DATABASE_URL: cannot connect to {display}: {type(exc).__name__}"
-            ) from None
+            ) from exc
         try:
             async with pool.acquire() as connection, connection.transaction():
                 # Concurrent CREATE ... IF NOT EXISTS can still collide; one at a time.
@@ -191,7 +225,7 @@ class DedupeStore:
             raise StoreUnreachable(
                 f"DEDUPE_DATABASE_URL: cannot create table relay_dedupe in {display}: "
                 f"{type(exc).__name__}: {exc}"
-            ) from None
+            ) from exc
         return cls(pool, scope, lease=lease, retention=retention)
 
     async def close(self) -> None:
@@ -390,4 +424,5 @@ async def open_store(consumers: Sequence[Consumer], settings: WorkerSettings) ->
         scope,
         lease=settings.dedupe_lease,
         retention=settings.dedupe_retention,
+        patience=settings.dedupe_start_timeout,
     )

@@ -30,6 +30,8 @@ class WorkerSettings:
     metrics_port: int | None = None
     dedupe_database_url: Secret | None = None
     dedupe_lease: float = 30.0
+    # How long a worker waits at start for a dedupe store that is down, before giving up.
+    dedupe_start_timeout: float = 60.0
     dedupe_retention: float = 7 * 24 * 3600.0
     log_level: str = "info"
     log_format: str = "auto"
@@ -60,6 +62,7 @@ class WorkerSettings:
             metrics_port=env.maybe_integer("METRICS_PORT", low=0, high=65535),
             dedupe_database_url=env.database_url("DEDUPE_DATABASE_URL"),
             dedupe_lease=env.seconds("DEDUPE_LEASE", cls.dedupe_lease),
+            dedupe_start_timeout=env.seconds("DEDUPE_START_TIMEOUT", cls.dedupe_start_timeout),
             dedupe_retention=env.seconds(
                 "DEDUPE_RETENTION", cls.dedupe_retention, high=365 * 24 * 3600
             ),

@@ -220,7 +220,12 @@ async def test_an_unreachable_database_holds_the_message_until_it_is_back(
 async def test_a_database_url_that_cannot_be_used_stops_the_worker_in_one_line(
     bus: BusView, tmp_path: Path, url: str | None, expected: str
 ) -> None:
-    settings = {"AMQP_URL": AMQP_URL, "BUS_PREFIX": bus.names.prefix, "METRICS_PORT": "0"}
+    settings = {
+        "AMQP_URL": AMQP_URL,
+        "BUS_PREFIX": bus.names.prefix,
+        "METRICS_PORT": "0",
+        "DEDUPE_START_TIMEOUT": "1",
+    }
     if url is not None:
         settings["DEDUPE_DATABASE_URL"] = url
     log = tmp_path / "worker.log"
@@ -229,6 +234,32 @@ async def test_a_database_url_that_cannot_be_used_stops_the_worker_in_one_line(
     lines = log.read_text().strip().splitlines()
     assert lines[-1].startswith(expected), lines
     assert "31337" not in log.read_text()
+
+
+async def test_a_worker_started_while_the_database_is_down_waits_for_it(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
+) -> None:
+    """A restart during a database outage is not a misconfiguration (default patience)."""
+    async with proxy_to(env["DEDUPE_DATABASE_URL"]) as (proxy, through):
+        proxy.answer(starting_up)
+
+        async def start() -> WorkerProcess:
+            return await spawn_worker(
+                "tests.workers.once",
+                once.consumer,
+                METRICS_PORT="0",
+                **{**env, "DEDUPE_DATABASE_URL": through},
+            )
+
+        starting = asyncio.create_task(start())
+        await asyncio.sleep(4)
+        assert not starting.done()
+        proxy.answer(None)
+        worker = await starting
+        [waiting] = worker.events("dedupe store unavailable at start; waiting for it")
+        assert waiting["error"] == "CannotConnectNowError"
+        await bus.publish_event("talent_created", CorrelationId="after-start-1")
+        await until(lambda: len(records(record, "end")) == 1)
 
 
 async def test_a_database_restart_while_a_handler_runs_never_runs_it_twice(
