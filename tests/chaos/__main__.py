@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -169,6 +170,11 @@ def main() -> int:
         ledger, journal = asyncio.run(_bounded(run(plan, workdir), seconds + OVERTIME_SECONDS))
     except TimeoutError:
         print(f"chaos: the run is void: it did not end within {seconds + OVERTIME_SECONDS:.0f} s")
+        print(f"chaos: logs kept in {workdir}")
+        return 2
+    except Exception as exc:  # the system could not be started or read back
+        traceback.print_exc()
+        print(f"chaos: the run is void: {type(exc).__name__}: {exc}")
         print(f"chaos: logs kept in {workdir}")
         return 2
     print("\n".join(journal.table()))
