@@ -1,4 +1,9 @@
-"""A bounded load of Avionté deliveries, with Avionté's habit of retrying failures."""
+"""A bounded load of Avionté deliveries, with Avionté's habit of retrying failures.
+
+A `503`, a timeout or a dropped connection is a failure Avionté retries. A delivery
+whose every attempt failed is "given up by the sender": never accepted, so never lost.
+Any other answer that is not `200` is a defect of the receiver.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,23 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from service.simulate import RETRY_SCHEDULE
 from tests.support import API_KEYS, fixture_bodies
 
-# Avionté retries a failure three times within about a minute; shortened for tests.
-RETRY_DELAYS = (0.5, 1.0, 2.0)
+# Avionté retries a failure at once, again after a minute, and at once again, then gives
+# up (`service.simulate`). Here its minute lasts MINUTE seconds, twice the faults the
+# sender is meant to feel (a full disk for 5 s, a receiver restart): a delivery is given
+# up only when the receiver stays unable for that long. Each scenario a sender feels
+# takes about MINUTE seconds longer for it, since a sender waits out its retries.
+MINUTE = 10.0
+RETRY_DELAYS = tuple(wait * MINUTE for wait in RETRY_SCHEDULE)
+
+Answer = int | str  # the HTTP status, or the name of the error when no answer came
+
+
+def retryable(answer: Answer) -> bool:
+    """A failure Avionté retries and an honest receiver may give: 503, or no answer."""
+    return answer == 503 or isinstance(answer, str)
 
 
 def deliveries(count: int) -> list[tuple[str, bytes]]:
@@ -30,12 +48,21 @@ def deliveries(count: int) -> list[tuple[str, bytes]]:
     return made
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of a delivery: when it began and ended (`time.monotonic()`), and the answer."""
+
+    began: float
+    ended: float
+    answer: Answer
+
+
 @dataclass
 class Load:
-    """What happened to each delivery: its final answer, and every answer on the way."""
+    """What happened to each delivery: every attempt, and its final answer once it has one."""
 
-    final: dict[str, int | str] = field(default_factory=dict)
-    answers: Counter[int | str] = field(default_factory=Counter)
+    attempts: dict[str, list[Attempt]] = field(default_factory=dict)
+    final: dict[str, Answer] = field(default_factory=dict)
     done: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -46,8 +73,46 @@ class Load:
             await self.progress.wait()
 
     @property
+    def answers(self) -> Counter[Answer]:
+        """Every answer on the way, final or not."""
+        return Counter(a.answer for tries in self.attempts.values() for a in tries)
+
+    @property
     def accepted(self) -> set[str]:
-        return {cid for cid, outcome in self.final.items() if outcome == 200}
+        return {cid for cid, answer in self.final.items() if answer == 200}
+
+    @property
+    def given_up(self) -> dict[str, Answer]:
+        """Deliveries whose every attempt failed retryably, with the last failure."""
+        return {
+            cid: answer for cid, answer in self.final.items() if answer != 200 and retryable(answer)
+        }
+
+    @property
+    def refused(self) -> dict[str, Answer]:
+        """Final answers that are neither 200 nor a failure Avionté retries: defects."""
+        return {
+            cid: answer
+            for cid, answer in self.final.items()
+            if answer != 200 and not retryable(answer)
+        }
+
+    def tried_since(self, moment: float) -> dict[str, Answer]:
+        """The final answer of every delivery with an attempt begun at `moment` or later."""
+        return {
+            cid: self.final[cid]
+            for cid, tries in self.attempts.items()
+            if cid in self.final and tries[-1].began >= moment
+        }
+
+    def accepted_within(self, start: float, end: float) -> int:
+        """Attempts begun at `start` or later and answered 200 by `end`."""
+        return sum(
+            1
+            for tries in self.attempts.values()
+            for a in tries
+            if a.answer == 200 and a.began >= start and a.ended <= end
+        )
 
 
 async def run_load(
@@ -70,18 +135,20 @@ async def run_load(
         while not queue.empty():
             index, cid, body = queue.get_nowait()
             await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-            outcome: int | str = "never sent"
+            tries = load.attempts.setdefault(cid, [])
             for delay in (*retries, None):
+                began = time.monotonic()
+                answer: Answer
                 try:
                     async with session.post(url, data=body, headers=headers) as response:
-                        outcome = response.status
+                        answer = response.status
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    outcome = type(exc).__name__
-                load.answers[outcome] += 1
-                if outcome == 200 or delay is None:
+                    answer = type(exc).__name__
+                tries.append(Attempt(began, time.monotonic(), answer))
+                if answer == 200 or delay is None:
                     break
                 await asyncio.sleep(delay)
-            load.final[cid] = outcome
+            load.final[cid] = tries[-1].answer
             load.done += 1
             load.progress.set()
 
