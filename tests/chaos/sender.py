@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from service.http.app import WEBHOOK_PATH
+from service.simulate import RETRY_SCHEDULE
 from tests.chaos.plan import Delivery
 from tests.support import API_KEYS, fixture_bodies
 
-# Avionté gives up after three quick retries, all within about a minute.
-RETRY_DELAYS = (3.0, 10.0, 20.0)
+# Avionté retries at once, after a minute, and at once again (`service.simulate`); here
+# its minute lasts MINUTE seconds, twice the longest fault the run injects.
+MINUTE = 20.0
+RETRY_DELAYS = tuple(wait * MINUTE for wait in RETRY_SCHEDULE)
 ATTEMPT_TIMEOUT = 10.0
 RETRYABLE = {503, "timeout", "dropped"}
 
