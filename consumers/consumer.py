@@ -14,6 +14,7 @@ from consumers.patterns import matches, normalize_pattern
 
 Handler = Callable[[Event], Awaitable[Any]]
 H = TypeVar("H", bound=Handler)
+S = TypeVar("S", bound=Callable[[], Awaitable[None]])
 
 DEFAULT_RETRY_DELAYS = (5.0, 30.0, 120.0, 600.0, 1800.0)
 DEFAULT_CONCURRENCY = 16
@@ -97,6 +98,7 @@ class Consumer:
         self.dedupe: Dedupe = dedupe
         self.routes: list[Route] = []
         self._routes_by_key: dict[str, tuple[Route, ...]] = {}
+        self.starting: list[Callable[[], Awaitable[None]]] = []
 
     def __repr__(self) -> str:
         return f"Consumer({self.name!r}, patterns={list(self.patterns)!r})"
@@ -127,6 +129,19 @@ class Consumer:
             return handler
 
         return register
+
+    def on_start(self, hook: S) -> S:
+        """Register an async function the worker awaits before it consumes anything.
+
+        It makes what the handlers need (a connection pool, a table). A `SettingsError`
+        or `ConsumerError` it raises stops the worker with that one line and exit code 2.
+        """
+        if not _is_async(hook):
+            raise RegistrationError(
+                f"consumer {self.name!r}: on_start hook {hook!r} must be an `async def` function"
+            )
+        self.starting.append(hook)
+        return hook
 
     def routes_for(self, routing_key: str) -> tuple[Route, ...]:
         """The routes whose patterns match `routing_key`, in registration order."""

@@ -414,9 +414,7 @@ async def open_store(consumers: Sequence[Consumer], settings: WorkerSettings) ->
             consumers=[c.name for c in wanting],
         )
         return None
-    # A prefix holds no '/', so "vhost/prefix" cannot be mistaken for another scope.
-    vhost = settings.vhost
-    scope = settings.bus_prefix if vhost == "/" else f"{vhost}/{settings.bus_prefix}"
+    scope = settings.scope
     display = display_url(URL(url.value))
     return await DedupeStore.open(
         url.value,

@@ -39,6 +39,9 @@ class Event:
     attempt: int
     redelivered: bool
     claim: Claim | None = field(default=None, repr=False, compare=False)
+    # Every header of the message as delivered (the receiver's `x-` headers, a trace's
+    # `traceparent`, a copy's attempt headers).
+    headers: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
         """A PostgreSQL transaction that also records this message as handled, atomically.
@@ -141,4 +144,5 @@ def event_from(
         attempt=attempt,
         redelivered=bool(message.redelivered),
         claim=claim,
+        headers=dict(message.headers or {}),
     )

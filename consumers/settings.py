@@ -51,6 +51,13 @@ class WorkerSettings:
         first = brokers.split(self.amqp_url.value)[0]
         return URL(first).path.removeprefix("/") or "/"
 
+    @property
+    def scope(self) -> str:
+        """What rows in a shared database are keyed by: the vhost and BUS_PREFIX."""
+        # A prefix holds no '/', so "vhost/prefix" cannot be mistaken for another scope.
+        vhost = self.vhost
+        return self.bus_prefix if vhost == "/" else f"{vhost}/{self.bus_prefix}"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WorkerSettings:
         """Read the broker, prefix, shutdown, metrics and log settings."""

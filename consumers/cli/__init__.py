@@ -13,13 +13,13 @@ import sys
 
 import aio_pika
 
-from consumers.cli import console, dead, listing, prune, reroute, run, tail
+from consumers.cli import console, dead, history, listing, prune, reroute, run, tail
 from consumers.errors import ConsumerError
 from consumers.settings import WorkerSettings
 from service.observability.logs import configure_logging
 from service.shared.errors import SettingsError
 
-COMMANDS = (run, listing, dead, prune, reroute, tail, console)
+COMMANDS = (run, listing, dead, prune, reroute, tail, console, history)
 
 
 def parser() -> argparse.ArgumentParser:

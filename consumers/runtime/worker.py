@@ -116,6 +116,13 @@ class Worker:
         Raises `SettingsError` if a set METRICS_PORT is taken or a consumer needs
         DEDUPE_DATABASE_URL, and `StoreUnreachable` if that database cannot be used.
         """
+        try:
+            for consumer in self._consumers:
+                for hook in consumer.starting:
+                    await hook()
+        except BaseException:
+            await resources.close_all()
+            raise
         store = await open_store(self._consumers, self._settings)
         pruning = None
         if store is not None:
