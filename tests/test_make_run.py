@@ -1,4 +1,4 @@
-"""`make run` as the Quickstart has it: receiver, example consumers and console, on their defaults.
+"""`make run` as the Quickstart has it: receiver, consumers, history and console, on defaults.
 
 Only the bus prefix and the example's output directories are the test's own; the ports
 (8080 for the receiver, 8090 for the console, 9100 for worker metrics) are the defaults a
@@ -19,10 +19,11 @@ import aiohttp
 import asyncpg
 import pytest
 
-from consumers import audit_log, placement_sync
+from consumers import audit_log, history, placement_sync
 from service.http.app import WEBHOOK_PATH
 from tests.receivers import ROOT, base_env
 from tests.support import BusView, consumer_queue_names, fixture_bodies
+from tests.worker_processes import run_cli
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(180)]
 
@@ -41,7 +42,7 @@ async def answers(url: str, **kwargs: object) -> int | None:
 async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
     bus: BusView, tmp_path: Path
 ) -> None:
-    for consumer in (audit_log.consumer, placement_sync.consumer):
+    for consumer in (audit_log.consumer, placement_sync.consumer, history.consumer):
         bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
     audit = tmp_path / "audit-log"
     env = base_env(
@@ -60,8 +61,8 @@ async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
             while await answers("http://127.0.0.1:8090/") is None:
                 assert make.returncode is None, out.read_text()
                 await asyncio.sleep(0.2)
-            # Until the worker has bound its queues, an event of a new prefix is unrouted.
-            while '"event":"worker started"' not in out.read_text():
+            # Until the workers have bound their queues, an event of a new prefix is unrouted.
+            while out.read_text().count('"event":"worker started"') < 2:
                 assert make.returncode is None, out.read_text()
                 await asyncio.sleep(0.2)
         printed = out.read_text()
@@ -84,6 +85,13 @@ async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
             message_id = (await response.json())["id"]
         async with asyncio.timeout(30):
             while not any(message_id in p.read_text() for p in audit.glob("*.jsonl")):
+                await asyncio.sleep(0.2)
+        assert "History:     every event kept in PostgreSQL" in printed
+        env["HISTORY_DATABASE_URL"] = DEV_DATABASE
+        async with asyncio.timeout(30):
+            while (
+                message_id not in (await run_cli(env, "history", "search", "--id", message_id))[1]
+            ):
                 await asyncio.sleep(0.2)
 
         assert await answers("http://127.0.0.1:8090/") == 401
@@ -112,6 +120,8 @@ async def _forget_dedupe_rows(prefix: str) -> None:
         exists = await connection.fetchval("SELECT to_regclass('relay_dedupe') IS NOT NULL")
         if exists:
             await connection.execute("DELETE FROM relay_dedupe WHERE scope = $1", prefix)
+        if await connection.fetchval("SELECT to_regclass('relay_history') IS NOT NULL"):
+            await connection.execute("DELETE FROM relay_history WHERE scope = $1", prefix)
     finally:
         await connection.close()
 
