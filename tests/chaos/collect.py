@@ -26,10 +26,15 @@ async def handlings(system: System) -> dict[str, Counter[str]]:
         found[name] = Counter(line for line in lines if line)
     connection = await asyncpg.connect(system.database_url)
     try:
-        rows = await connection.fetch("SELECT message_id FROM chaos_applied")
+        applied = await connection.fetch("SELECT message_id FROM chaos_applied")
+        # Made by the history worker on its start; absent only if it never started.
+        kept = await connection.fetch(
+            "SELECT message_id FROM relay_history WHERE scope = $1", DEFAULT_BUS_PREFIX
+        )
     finally:
         await connection.close()
-    found["once"] = Counter(row["message_id"] for row in rows)
+    found["once"] = Counter(row["message_id"] for row in applied)
+    found["history"] = Counter(row["message_id"] for row in kept)
     return found
 
 
@@ -43,7 +48,7 @@ async def held(system: System) -> tuple[dict[str, list[str]], list[str], int]:
     async with connection:
         dead = {
             name: await _take(connection, ConsumerQueues(names.prefix, name).dead)
-            for name in ("plain", "once", "picky", "retiring", "heir")
+            for name in ("plain", "once", "picky", "retiring", "heir", "history")
         }
         unrouted = await _take(connection, names.unrouted)
         invalid = len(await _take(connection, names.invalid))

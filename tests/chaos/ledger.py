@@ -14,15 +14,20 @@ from collections import Counter
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from consumers import Consumer
+from consumers import Consumer, history
 from service.shared.envelope import routing_key
 from tests.chaos.handlers import heir, once, picky, plain, retiring
 from tests.chaos.handlers.common import rejected
 
 # The consumers the ledger checks. `retiring` and `heir` together are one line: what
 # was waiting for the first when it was retired moves to the second.
-EXACTLY_ONCE = {"once"}
-PERMANENT: tuple[Consumer, ...] = (plain.consumer, once.consumer, picky.consumer)
+EXACTLY_ONCE = {"once", "history"}
+PERMANENT: tuple[Consumer, ...] = (
+    plain.consumer,
+    once.consumer,
+    picky.consumer,
+    history.consumer,
+)
 SUCCESSION = (retiring.consumer, heir.consumer)
 REJECTING = {"picky"}
 

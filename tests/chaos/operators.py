@@ -24,15 +24,22 @@ _CSRF = re.compile(r'name="csrf" value="([0-9a-f]+)"')
 
 async def command(system: System, action: Action, journal: Journal) -> None:
     """Run one operator's action from the plan."""
-    done = journal.begin(action.what, _TARGETS.get(action.what, ""), action.at)
+    target = _TARGETS.get(action.what, "")
+    if action.what == "history-replay":
+        target = _HISTORY_TO[action.target % len(_HISTORY_TO)]
+    done = journal.begin(action.what, target, action.at)
     if action.what.startswith("console"):
         result = await _console(system, action.what)
+    elif action.what == "history-replay":
+        result = await _cli(system, "history", "replay", target, "--since", "60s")
     else:
         result = await _cli(system, *_ARGS[action.what])
     journal.end(done, result)
 
 
 _ARGS = {"dead": ("dead", "picky"), "replay": ("replay", "picky"), "reroute": ("reroute",)}
+# `history replay` of the last minute, to the exactly-once consumer or to the rejecting one.
+_HISTORY_TO = ("once", "picky")
 _TARGETS = {
     "dead": "picky",
     "replay": "picky",
@@ -44,7 +51,11 @@ _TARGETS = {
 
 
 async def _cli(system: System, *args: str) -> str:
-    env = {"AMQP_URL": system.amqp_url, "LOG_FORMAT": "json"}
+    env = {
+        "AMQP_URL": system.amqp_url,
+        "LOG_FORMAT": "json",
+        "HISTORY_DATABASE_URL": system.database_url,
+    }
     try:
         code, out, err = await run_cli(env, *args)
     except TimeoutError:

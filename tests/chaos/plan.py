@@ -10,8 +10,8 @@ import random
 import uuid
 from dataclasses import dataclass
 
-# Fixture name -> share of deliveries. `contact_updated` is bound by no consumer: it
-# must end in `.unrouted`. `company_address_created` is the retired consumer's.
+# Fixture name -> share of deliveries. `contact_updated` is bound by no consumer but the
+# history. `company_address_created` is the retired consumer's.
 KINDS = {
     "placement_updated": 4,
     "placement_started": 1,
@@ -35,7 +35,15 @@ FAULTS = (
     "postgres-starting",
     "spool-full",
 )
-COMMANDS = ("dead", "replay", "reroute", "console-look", "console-replay", "console-reroute")
+COMMANDS = (
+    "dead",
+    "replay",
+    "reroute",
+    "console-look",
+    "console-replay",
+    "console-reroute",
+    "history-replay",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +107,7 @@ def make_plan(seed: int, seconds: float, rate: float) -> Plan:
         at += rng.expovariate(1 / 10)
         if at >= seconds - 3:
             break
-        actions.append(Action(at, rng.choice(COMMANDS), 0, 0.0))
+        actions.append(Action(at, rng.choice(COMMANDS), rng.randrange(2), 0.0))
     actions.sort(key=lambda action: action.at)
     retire_at = seconds * rng.uniform(0.3, 0.6)
     return Plan(seed, seconds, tuple(deliveries), tuple(actions), retire_at)

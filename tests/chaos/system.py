@@ -35,8 +35,8 @@ from tests.tcp_proxy import TcpProxy
 from tests.worker_processes import WorkerProcess, start_worker
 
 HANDLERS = "tests.chaos.handlers"
-# Consumer -> replicas; `heir` starts only when `retiring` is retired.
-REPLICAS = {"plain": 1, "once": 2, "picky": 1, "retiring": 1}
+# Consumer module -> replicas; `heir` starts only when `retiring` is retired.
+REPLICAS = {"plain": 1, "once": 2, "picky": 1, "retiring": 1, "history": 1}
 SPOOL_DISK = 8 << 20
 
 
@@ -96,6 +96,7 @@ class System:
             "AMQP_URL": self.amqp_url,
             "CHAOS_LEDGER_DIR": str(self.ledger_dir),
             "DEDUPE_DATABASE_URL": str(through),
+            "HISTORY_DATABASE_URL": str(through),
             "LOG_FORMAT": "json",
             # Not 9100: `make test` beside a chaos run needs the default ports free.
             "METRICS_PORT": "0",
@@ -146,8 +147,9 @@ class System:
             self.tails.append(await self._tail())
 
     async def start_worker(self, name: str) -> None:
+        module = name if name == "history" else f"{HANDLERS}.{name}"
         started = await start_worker(
-            f"{HANDLERS}.{name}", self.log(f"worker-{name}"), self.worker_env(), within=60
+            module, self.log(f"worker-{name}"), self.worker_env(), within=60
         )
         self.workers.setdefault(name, []).append(started)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 
+from consumers import history
 from tests.chaos.handlers import once, picky, plain, retiring
 from tests.chaos.handlers.common import rejected
 from tests.chaos.ledger import Ledger, Seen, binds, missing, reconcile
@@ -18,15 +19,14 @@ def _sent(per_kind: int = 40) -> dict[str, str]:
 def _perfect(kinds: dict[str, str]) -> Seen:
     """What a run that lost nothing leaves: each consumer handled what it binds, once."""
     handled: dict[str, Counter[str]] = {}
-    for consumer in (plain.consumer, once.consumer, retiring.consumer):
+    for consumer in (plain.consumer, once.consumer, retiring.consumer, history.consumer):
         handled[consumer.name] = Counter(c for c, k in kinds.items() if binds(consumer, k))
     handled["heir"] = Counter()
     meant = {c for c, k in kinds.items() if binds(picky.consumer, k) and rejected("picky", c)}
     handled["picky"] = Counter(
         c for c, k in kinds.items() if binds(picky.consumer, k) and c not in meant
     )
-    unbound = [c for c, k in kinds.items() if k == "contact_updated"]
-    return Seen(handled, {"picky": sorted(meant)}, unbound, 0)
+    return Seen(handled, {"picky": sorted(meant)}, [], 0)
 
 
 def _totals(ledger: Ledger) -> tuple[int, int, int]:
@@ -56,10 +56,10 @@ def test_an_event_acked_without_running_is_lost() -> None:
 def test_duplicates_count_only_where_the_guarantee_is_once() -> None:
     kinds = _sent()
     seen = _perfect(kinds)
-    for name in ("plain", "picky", "once"):
+    for name in ("plain", "picky", "once", "history"):
         seen.handled[name][next(iter(seen.handled[name]))] += 1
     ledger = reconcile(kinds, set(kinds), 0, 0, seen)
-    assert _totals(ledger) == (0, 1, 0)
+    assert _totals(ledger) == (0, 2, 0)  # once and history promise once per id
 
 
 def test_an_unexpected_dead_letter_and_a_bound_event_in_unrouted_are_unexplained() -> None:
