@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import signal
+import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +14,7 @@ import pytest
 from consumers.history.store import HistoryStore
 from consumers.topology import ConsumerQueues
 from tests.consumers.history.conftest import entry
+from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView, consumer_queue_names
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import crm_old, talent_v1
@@ -126,3 +130,45 @@ async def test_replay_to_an_unknown_consumer_names_the_known_ones(
     assert (code, out) == (2, "")
     assert err.startswith("error: no consumer nobody")
     assert "talent-watch" in err
+
+
+async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
+    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], store: HistoryStore
+) -> None:
+    worker = await spawn_worker("tests.workers.crm_old", crm_old.consumer, METRICS_PORT="0")
+    assert await worker.stop(signal.SIGTERM) == 0
+    start = datetime.now(UTC) - timedelta(hours=1)
+    many = [
+        entry("placement_updated", received_at=start + timedelta(milliseconds=n))
+        for n in range(20_000)
+    ]
+    for at in range(0, len(many), 2000):
+        await store.write(many[at : at + 2000])
+    replaying = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "consumers",
+        "history",
+        "replay",
+        "crm-old",
+        env=base_env(**env),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    crm = await bus.queue(ConsumerQueues(bus.names.prefix, "crm-old").main)
+    async with asyncio.timeout(30):
+        while ((await bus.queue(crm.name)).declaration_result.message_count or 0) < 1000:
+            await asyncio.sleep(0.05)
+    replaying.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(replaying.communicate(), 30)
+    assert replaying.returncode == 130, err
+    said = err.decode().strip().splitlines()[-1]
+    found = re.fullmatch(
+        r"interrupted: replayed (\d+) event\(s\) to crm-old \(each confirmed\), 0 skipped; "
+        r"to go on, add --since (\S+)",
+        said,
+    )
+    assert found, said
+    held = (await bus.queue(crm.name)).declaration_result.message_count or 0
+    assert 1000 <= int(found.group(1)) <= held < len(many)  # confirmed ones all arrived
+    assert out == b""
