@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -26,6 +27,7 @@ ENV_EXAMPLE = DEPLOY / "env.example"
 K8S = DEPLOY / "k8s"
 BASE = K8S / "base"
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+COMPONENTS = sorted(p.parent for p in (K8S / "components").glob("*/kustomization.yaml"))
 DEFAULT_BUS_PREFIX = Settings.bus_prefix
 # Each shutdown step of a worker that talks to the broker is bounded at this (the manual).
 WORKER_BROKER_STEP = 5
@@ -74,6 +76,24 @@ def all_manifest_files() -> list[Path]:
 def file_docs() -> list[Doc]:
     """The manifests as written: the base and every overlay's own files, unpatched."""
     return [doc for path in all_manifest_files() for doc in load_docs(path)]
+
+
+def alone_on_the_base(component: Path, directory: Path) -> Path:
+    """An overlay in `directory`: the base, the example Secret and `component`, no other."""
+    [secret] = [
+        path
+        for path in resource_files(OVERLAYS[0])
+        if any(doc["kind"] == "Secret" for doc in load_docs(path))
+    ]
+    (directory / "secret.yaml").write_text(secret.read_text(encoding="utf-8"), encoding="utf-8")
+    spec = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(BASE, directory), "secret.yaml"],
+        "components": [os.path.relpath(component, directory)],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return directory
 
 
 def kustomize_command() -> list[str] | None:
@@ -196,39 +216,74 @@ def image_env() -> dict[str, str]:
     return env
 
 
-def env_example() -> dict[str, str]:
+def env_example(*, optional: bool = False) -> dict[str, str]:
+    """The settings env.example sets; with `optional`, also those it shows commented out."""
     values: dict[str, str] = {}
     for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
         line = line.strip()
+        if optional and re.fullmatch(r"#[A-Z][A-Z0-9_]*=\S*", line):
+            line = line[1:]
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
             values[name] = value
     return values
 
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OPERATORS = (":-", ":?", ":+", "-", "?", "+")
 
 
 def interpolate(value: Any, env: Mapping[str, str]) -> Any:
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, over a whole document."""
+    """Compose's ${VAR}, ${VAR:-default}, ${VAR:?error} and ${VAR:+other}, nested too."""
     if isinstance(value, dict):
         return {key: interpolate(item, env) for key, item in value.items()}
     if isinstance(value, list):
         return [interpolate(item, env) for item in value]
     if not isinstance(value, str):
         return value
+    text, end = _substitute(value, 0, env, inside=False)
+    assert end == len(value), f"unbalanced braces in {value!r}"
+    return text
 
-    def substitute(match: re.Match[str]) -> str:
-        name, operator, argument = match.groups()
-        current = env.get(name)
-        empty = current is None or ((operator or "").startswith(":") and current == "")
-        if operator and operator.endswith("?") and empty:
-            raise AssertionError(f"{name} is required ({argument}) but env.example lacks it")
-        if operator and operator.endswith("-") and empty:
-            return str(argument)
-        return current or ""
 
-    return _VARIABLE.sub(substitute, value.replace("$$", "\0")).replace("\0", "$")
+def _substitute(text: str, start: int, env: Mapping[str, str], *, inside: bool) -> tuple[str, int]:
+    """Expand `text` from `start`: to its end, or (`inside` a ${...}) to the closing brace."""
+    out: list[str] = []
+    index = start
+    while index < len(text):
+        char = text[index]
+        if inside and char == "}":
+            return "".join(out), index
+        if text.startswith("$$", index):
+            out.append("$")
+            index += 2
+        elif text.startswith("${", index):
+            expanded, index = _braced(text, index + 2, env)
+            out.append(expanded)
+        else:
+            out.append(char)
+            index += 1
+    assert not inside, f"no closing brace in {text!r}"
+    return "".join(out), index
+
+
+def _braced(text: str, start: int, env: Mapping[str, str]) -> tuple[str, int]:
+    """One ${NAME[op argument]} from after its `${`; return its value and the index past `}`."""
+    name = _NAME.match(text, start)
+    assert name, f"no variable name at {text[start:]!r}"
+    index = name.end()
+    operator = next((op for op in _OPERATORS if text.startswith(op, index)), "")
+    argument, index = _substitute(text, index + len(operator), env, inside=True)
+    assert operator or not argument, f"unexpected {argument!r} after {name.group()}"
+    current = env.get(name.group())
+    unset = current is None or (operator.startswith(":") and current == "")
+    if operator.endswith("?") and unset:
+        raise AssertionError(f"{name.group()} is required ({argument}) but env.example lacks it")
+    if operator.endswith("-") and unset:
+        return argument, index + 1
+    if operator.endswith("+"):
+        return ("" if unset else argument), index + 1
+    return current or "", index + 1
 
 
 def compose() -> Doc:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 
+from yarl import URL
+
+from consumers.history.settings import DEFAULT_RETENTION_DAYS, HistorySettings
 from consumers.settings import WorkerSettings
 from service.settings import Settings
 from tests.deploy.manifests import (
@@ -32,13 +35,24 @@ def test_env_example_holds_placeholders_only() -> None:
         assert "change-me" in values[name], f"{name} must be an obvious placeholder"
     for value in values.values():
         assert re.fullmatch(r"[A-Za-z0-9._-]*", value), "placeholders need no quoting"
+    # The settings shown commented out, too: every password in them is a placeholder.
+    for name, value in env_example(optional=True).items():
+        if "PASSWORD" in name or "DATABASE_URL" in name:
+            assert "change-me" in value, f"{name} must be an obvious placeholder"
 
 
 def test_compose_services_volumes_and_health_checks() -> None:
     raw = compose()
     doc = interpolate(raw, env_example())
     services = doc["services"]
-    assert set(services) == {"rabbitmq", "postgres", "receiver", "audit-log", "placement-sync"}
+    assert set(services) == {
+        "rabbitmq",
+        "postgres",
+        "receiver",
+        "audit-log",
+        "placement-sync",
+        "history",
+    }
     named_volumes = set(doc["volumes"])
 
     def named_volume_at(service: Doc, path: str) -> str:
@@ -50,7 +64,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
         raise AssertionError(f"no volume at {path}")
 
     postgres = services["postgres"]
-    assert postgres["profiles"] == ["dedupe"], "PostgreSQL is optional"
+    assert postgres["profiles"] == ["dedupe", "history"], "PostgreSQL is optional"
     assert "pg_isready" in postgres["healthcheck"]["test"]
     named_volume_at(postgres, "/var/lib/postgresql/data")
 
@@ -83,7 +97,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
     drain = float(env["SHUTDOWN_GRACE"]) + float(env["PUBLISH_TIMEOUT"]) + RECEIVER_DRAIN_SLACK
     assert seconds(receiver["stop_grace_period"]) > drain
 
-    for name in ("audit-log", "placement-sync"):
+    for name in ("audit-log", "placement-sync", "history"):
         worker = services[name]
         env = compose_env(worker)
         assert worker["command"] == ["python", "-m", "consumers", "run", name.replace("-", "_")]
@@ -99,7 +113,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
     # Secrets come from the env file, never written into compose.yaml itself.
     for service in raw["services"].values():
         for key, value in compose_env(service).items():
-            if any(word in key for word in ("AMQP_URL", "WEBHOOK_", "PASS")):
+            if any(word in key for word in ("AMQP_URL", "WEBHOOK_", "PASS", "DATABASE_URL")):
                 assert "${" in value, f"{key} must come from the env file"
 
 
@@ -108,5 +122,57 @@ def test_compose_settings_are_accepted() -> None:
     receiver = Settings.from_env(compose_env(services["receiver"]))
     assert receiver.spool_dir is not None, "the spool is on"
     assert [k.value for k in receiver.api_keys] == [env_example()["WEBHOOK_API_KEYS"]]
-    for name in ("audit-log", "placement-sync"):
+    for name in ("audit-log", "placement-sync", "history"):
         WorkerSettings.from_env(compose_env(services[name]))
+    HistorySettings.from_env(compose_env(services["history"]))
+
+
+def test_compose_profiles_start_what_they_need() -> None:
+    """Each profile, alone or with the others, brings up every service its services need."""
+    services = compose()["services"]
+    profiles = {p for service in services.values() for p in service.get("profiles", [])}
+    assert profiles == {"dedupe", "history"}
+    for chosen in ({"dedupe"}, {"history"}, {"dedupe", "history"}, set()):
+        active = {
+            name
+            for name, service in services.items()
+            if not service.get("profiles") or chosen & set(service["profiles"])
+        }
+        for name in active:
+            for needed, condition in services[name].get("depends_on", {}).items():
+                if condition.get("required", True):
+                    assert needed in active, f"{name} needs {needed} under {sorted(chosen)}"
+
+
+def test_compose_history_uses_the_compose_postgres() -> None:
+    """The history is off by default, and on with its profile needs only POSTGRES_PASSWORD."""
+    raw = compose()["services"]
+    history, postgres = raw["history"], raw["postgres"]
+    assert history["profiles"] == ["history"], "the history is optional"
+    assert history["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert history["command"][-1] == "history"
+
+    optional = env_example(optional=True)
+    shown = optional.pop("HISTORY_DATABASE_URL")
+    services = interpolate(compose(), optional)["services"]
+    env = compose_env(services["history"])
+    # Without HISTORY_DATABASE_URL in deploy/.env: the URL env.example shows, assembled.
+    assert env["HISTORY_DATABASE_URL"] == shown
+    url = URL(env["HISTORY_DATABASE_URL"])
+    database = compose_env(interpolate(postgres, optional))
+    assert url.scheme == "postgresql"
+    assert (url.host, url.port) == ("postgres", 5432), "the compose PostgreSQL"
+    assert url.user == database["POSTGRES_USER"]
+    assert url.password == database["POSTGRES_PASSWORD"] == optional["POSTGRES_PASSWORD"]
+    assert url.path == f"/{database['POSTGRES_DB']}"
+    settings = HistorySettings.from_env(env)
+    assert settings.database_url.value == shown
+    assert settings.retention_days == DEFAULT_RETENTION_DAYS
+    assert "change-me" not in settings.display, "its password is not shown"
+
+    # deploy/.env may name another database or server, and another retention.
+    other = "postgresql://history:change-me@db.example.com:5432/history"
+    chosen = {**optional, "HISTORY_DATABASE_URL": other, "HISTORY_RETENTION_DAYS": "7"}
+    env = compose_env(interpolate(raw["history"], chosen))
+    settings = HistorySettings.from_env(env)
+    assert (settings.database_url.value, settings.retention_days) == (other, 7)

@@ -8,16 +8,19 @@ from pathlib import Path
 import pytest
 
 from consumers.console.settings import ConsoleSettings
+from consumers.history.settings import HistorySettings
 from consumers.settings import WorkerSettings
 from service.observability import tracing
 from service.settings import Settings
 from tests.deploy.manifests import (
+    COMPONENTS,
     DEFAULT_BUS_PREFIX,
     OVERLAYS,
     RECEIVER_DRAIN_SLACK,
     TMP,
     WORKER_BROKER_STEP,
     Doc,
+    alone_on_the_base,
     consumer_modules,
     container_env,
     file_docs,
@@ -158,9 +161,10 @@ def check_console(docs: list[Doc], deployment: Doc) -> None:
     labels = pod_labels(deployment)
     for service in named(docs, "Service").values():
         assert not selects(service["spec"].get("selector", {}), labels), f"{name}: a Service"
-    check_secret_files(
-        docs, deployment, ("AMQP_URL_FILE", "CONSOLE_PASSWORD_FILE", "RABBITMQ_MANAGEMENT_URL_FILE")
-    )
+    needed = ("AMQP_URL_FILE", "CONSOLE_PASSWORD_FILE", "RABBITMQ_MANAGEMENT_URL_FILE")
+    files = tuple(variable for variable in env if variable.endswith("_FILE"))
+    assert set(needed) <= set(files), f"{name}: {sorted(set(needed) - set(files))} not set"
+    check_secret_files(docs, deployment, files)
 
 
 def check_secret_files(docs: list[Doc], deployment: Doc, variables: tuple[str, ...]) -> None:
@@ -289,6 +293,13 @@ def check_worker(docs: list[Doc], deployment: Doc) -> None:
     assert ref["name"] == amqp_volume["secret"]["secretName"]
     assert ref["key"] == items.get(amqp_file, amqp_file)
 
+    if "history" in modules:
+        # Without the URL the history refuses to start (exit 2).
+        assert "HISTORY_DATABASE_URL_FILE" in files, f"{name}: HISTORY_DATABASE_URL_FILE"
+        # It serves /healthz once its database is open, which it waits for: the kubelet
+        # must not kill it before it gives up by itself.
+        waits = float(env.get("DEDUPE_START_TIMEOUT") or WorkerSettings.dedupe_start_timeout)
+        assert probe_patience(container) > waits, f"{name}: killed while it waits to start"
     if "audit_log" in modules:
         log_dir = str(env["AUDIT_LOG_DIR"])
         volume, _ = volume_for(spec, container, log_dir.split("$(")[0].rstrip("/"))
@@ -299,6 +310,13 @@ def check_worker(docs: list[Doc], deployment: Doc) -> None:
             pytest.fail(f"{name}: replicas on several nodes need a ReadWriteMany claim")
         assert "$(POD_NAME)" in log_dir, f"{name}: one directory per pod on a shared volume"
     check_scraped(docs, deployment, metrics_port)
+
+
+def probe_patience(container: Doc) -> float:
+    """Seconds from the container's start until the kubelet would kill it for not serving."""
+    probe = container.get("startupProbe") or container["livenessProbe"]
+    attempts = probe.get("failureThreshold", 3) * probe.get("periodSeconds", 10)
+    return float(probe.get("initialDelaySeconds", 0) + attempts)
 
 
 def check_scraped(docs: list[Doc], deployment: Doc, port: int) -> None:
@@ -325,13 +343,64 @@ def check_scraped(docs: list[Doc], deployment: Doc, port: int) -> None:
     raise AssertionError(f"{name}: no ServiceMonitor scrapes port {port}")
 
 
+def secret_key(deployment: Doc, variable: str) -> tuple[str, str]:
+    """The Secret and key the file a *_FILE variable names comes from."""
+    spec, container, env = main_container(deployment)
+    volume, relative = volume_for(spec, container, str(env[variable]))
+    source = volume["secret"]
+    items = {item["path"]: item["key"] for item in source.get("items", [])}
+    return source["secretName"], items.get(relative, relative)
+
+
+def check_history(docs: list[Doc]) -> None:
+    """Where the history runs, the console reads the same database for its History page."""
+    deployments = named(docs, "Deployment")
+    writers = [
+        d
+        for d in deployments.values()
+        if "history" in consumer_modules(pod_spec(d)["containers"][0]["command"])
+    ]
+    consoles = [d for d in deployments.values() if role(pod_spec(d)["containers"][0]) == "console"]
+    for console in consoles:
+        _, _, env = main_container(console)
+        if not writers:
+            assert "HISTORY_DATABASE_URL_FILE" not in env, "a History page without a history"
+            continue
+        assert "HISTORY_DATABASE_URL_FILE" in env, f"{ident(console)}: no History page"
+        for writer in writers:
+            where = secret_key(writer, "HISTORY_DATABASE_URL_FILE")
+            assert secret_key(console, "HISTORY_DATABASE_URL_FILE") == where, ident(console)
+
+
 def test_policies_hold_in_the_files() -> None:
     check_policies(file_docs())
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda p: p.name)
 def test_policies_hold_after_kustomize(overlay: Path) -> None:
-    check_policies(rendered(overlay))
+    docs = rendered(overlay)
+    check_policies(docs)
+    check_history(docs)
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda p: p.name)
+def test_policies_hold_with_each_component_alone(component: Path, tmp_path: Path) -> None:
+    """A component needs no other: on the base alone, every policy still holds."""
+    docs = rendered(alone_on_the_base(component, tmp_path))
+    check_policies(docs)
+    check_history(docs)
+
+
+def test_example_overlay_runs_the_history() -> None:
+    """The example takes the history component, and traces its pods like the others."""
+    docs = rendered(OVERLAYS[0])
+    history = named(docs, "Deployment")["history"]
+    assert role(pod_spec(history)["containers"][0]) == "worker"
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in main_container(history)[2], "tracing comes after"
+    assert secret_key(history, "HISTORY_DATABASE_URL_FILE") == (
+        "relay-secrets",
+        "history-database-url",
+    )
 
 
 def test_kubernetes_settings_are_accepted(tmp_path: Path) -> None:
@@ -368,6 +437,12 @@ def test_kubernetes_settings_are_accepted(tmp_path: Path) -> None:
         else:
             worker = WorkerSettings.from_env(env)
             assert worker.amqp_url.value == files["AMQP_URL_FILE"]
+        if "HISTORY_DATABASE_URL_FILE" in env or "history" in consumer_modules(
+            container["command"]
+        ):
+            # The History page reads the history as its writer does.
+            history = HistorySettings.from_env(env)
+            assert history.database_url.value == files["HISTORY_DATABASE_URL_FILE"]
 
 
 def test_overlay_secret_holds_placeholders_only() -> None:

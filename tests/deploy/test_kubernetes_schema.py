@@ -12,10 +12,12 @@ import pytest
 
 from tests.deploy.manifests import (
     BASE,
+    COMPONENTS,
     K8S,
     OVERLAYS,
     Doc,
     all_manifest_files,
+    alone_on_the_base,
     file_docs,
     ident,
     kustomization,
@@ -23,6 +25,7 @@ from tests.deploy.manifests import (
     named,
     pod_spec,
     rendered,
+    resource_files,
 )
 
 # The oldest Kubernetes the manifests are meant for, and the newest the validator knows.
@@ -198,3 +201,14 @@ def test_kustomize_build_is_valid(directory: Path) -> None:
     for deployment in named(docs, "Deployment").values():
         for container in pod_spec(deployment)["containers"]:
             assert container["image"] == expected, ident(deployment)
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda p: p.name)
+def test_component_alone_on_the_base_is_valid(component: Path, tmp_path: Path) -> None:
+    """Each component renders, and validates, with the base and no other component."""
+    docs = rendered(alone_on_the_base(component, tmp_path))
+    base = {ident(doc) for doc in rendered(BASE)}
+    for doc in docs:
+        validate(doc)
+    own = {ident(doc) for path in resource_files(component) for doc in load_docs(path)}
+    assert {ident(doc) for doc in docs} == base | own | {"Secret/relay-secrets"}

@@ -10,6 +10,7 @@ import yaml
 
 from tests.deploy.manifests import (
     BASE,
+    COMPONENTS,
     K8S,
     OVERLAYS,
     all_manifest_files,
@@ -98,3 +99,51 @@ def test_overlay_sets_namespace_and_image(overlay: Path) -> None:
     assert spec.get("namespace"), "an overlay picks the namespace"
     images = {image["name"]: image for image in spec.get("images", [])}
     assert images["avionte-relay"].get("newTag"), "an overlay pins the image tag"
+
+
+@pytest.mark.parametrize("component", COMPONENTS, ids=lambda p: p.name)
+def test_component_patches_target_the_base(component: Path) -> None:
+    """A patch whose target is missing is skipped without a word: each must hit the base."""
+    spec = kustomization(component)
+    assert spec["kind"] == "Component"
+    docs = [doc for d in (BASE, component) for path in resource_files(d) for doc in load_docs(path)]
+    for patch in spec.get("patches", []):
+        target = patch["target"]
+        hits = [
+            doc
+            for doc in docs
+            if doc["kind"] == target["kind"]
+            and doc["metadata"]["name"] == target.get("name", doc["metadata"]["name"])
+            and matches_labels(doc, target.get("labelSelector", ""))
+        ]
+        assert hits, f"{component.name}: the patch target {target} matches nothing"
+
+
+def matches_labels(doc: dict[str, Any], selector: str) -> bool:
+    """Kustomize's labelSelector, in the forms the components use: k=v and k in (a,b)."""
+    labels = doc["metadata"].get("labels", {})
+    for requirement in filter(None, (part.strip() for part in split_selector(selector))):
+        if " in " in requirement:
+            key, _, values = requirement.partition(" in ")
+            allowed = {v.strip() for v in values.strip().strip("()").split(",")}
+            if labels.get(key.strip()) not in allowed:
+                return False
+        else:
+            key, _, value = requirement.partition("=")
+            if labels.get(key.strip()) != value.strip():
+                return False
+    return True
+
+
+def split_selector(selector: str) -> list[str]:
+    """Split a selector at the commas between requirements, not those inside (...)."""
+    parts: list[str] = []
+    depth, current = 0, ""
+    for char in selector:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
