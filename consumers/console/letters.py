@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import json
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -50,22 +50,11 @@ class Letter:
 
     @property
     def text(self) -> str | None:
-        """The body as text, when it is UTF-8."""
-        try:
-            return self.body.decode("utf-8")
-        except UnicodeDecodeError:
-            return None
+        return body_text(self.body)
 
     @property
     def pretty(self) -> str | None:
-        """The body as indented JSON, with `Resource` decoded from its string; else None."""
-        try:
-            payload = json.loads(self.body)
-        except ValueError:
-            return None
-        if isinstance(payload, dict) and (resource := parse_resource(payload.get("Resource"))):
-            payload = {**payload, "Resource": resource}
-        return json.dumps(payload, indent=2, ensure_ascii=False)
+        return pretty_json(self.body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +106,33 @@ def letter_of(message: AbstractIncomingMessage) -> Letter:
         attempts=header("x-attempts"),
         failed_at=header("x-last-failure-at") or header("x-received-at"),
         reason=header("x-invalid-reason"),
-        headers={safe_text(str(k)): safe_text(_shown(v))[:2000] for k, v in headers.items()},
+        headers=shown_headers(headers),
         body=body,
     )
+
+
+def body_text(body: bytes) -> str | None:
+    """The body as text, when it is UTF-8."""
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def pretty_json(body: bytes) -> str | None:
+    """The body as indented JSON, with `Resource` decoded from its string; else None."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(payload, dict) and (resource := parse_resource(payload.get("Resource"))):
+        payload = {**payload, "Resource": resource}
+    return json.dumps(payload, indent=2, ensure_ascii=False)
+
+
+def shown_headers(headers: Mapping[str, Any]) -> dict[str, str]:
+    """Every header as a page shows it: text, each value cut at 2,000 characters."""
+    return {safe_text(str(k)): safe_text(_shown(v))[:2000] for k, v in headers.items()}
 
 
 def _shown(value: Any) -> str:

@@ -15,7 +15,8 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 
-from consumers.console import letters
+from consumers.console import history, letters
+from consumers.console.context import CONTEXT, NAME, base, checked_form, context_of, page_number
 from consumers.console.letters import Filter, Letter
 from consumers.console.management import Management
 from consumers.console.overview import overview
@@ -29,14 +30,7 @@ from service.shared.bus import BusNames
 log = structlog.get_logger("consumers.console")
 
 HERE = Path(__file__).parent
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _KEY = re.compile(r"[0-9a-f]{24}")
-NOTICES = {
-    "replayed": "{n} letter(s) sent back to the consumer's queue.",
-    "discarded": "{n} letter(s) discarded.",
-    "rerouted": "{n} event(s) sent through the events exchange again.",
-    "gone": "That letter is no longer there: replayed or discarded meanwhile.",
-}
 
 
 class Broker:
@@ -63,18 +57,11 @@ class Broker:
             await self._connection.close()
 
 
-CONTEXT = web.AppKey("console", dict)
-
-
-def _ctx(request: web.Request) -> dict[str, Any]:
-    return request.app[CONTEXT]
-
-
 def _consumer(request: web.Request) -> ConsumerQueues:
     name = request.match_info["name"]
-    if not _NAME.fullmatch(name):
+    if not NAME.fullmatch(name):
         raise web.HTTPNotFound(text="no such consumer\n")
-    return ConsumerQueues(_ctx(request)["names"].prefix, name)
+    return ConsumerQueues(context_of(request)["names"].prefix, name)
 
 
 def _key(request: web.Request) -> str:
@@ -88,18 +75,11 @@ def _filter(values: Any) -> Filter:
     return Filter(str(values.get("event", ""))[:200], str(values.get("error", ""))[:200])
 
 
-def _page(request: web.Request) -> int:
-    try:
-        return max(0, min(int(request.query.get("page", "0")), 10_000))
-    except ValueError:
-        return 0
-
-
 async def _swept(
     request: web.Request, queue: str, chosen: Filter, keep_through: str = ""
 ) -> dict[str, Any]:
-    ctx = _ctx(request)
-    page, size = _page(request), ctx["settings"].page_size
+    ctx = context_of(request)
+    page, size = page_number(request), ctx["settings"].page_size
     channel = await ctx["broker"].channel()
     try:
         listing = await letters.listing(channel, queue, chosen, page, size, keep_through)
@@ -110,7 +90,7 @@ async def _swept(
 
 
 async def _found(request: web.Request, queue: str) -> Letter:
-    channel = await _ctx(request)["broker"].channel()
+    channel = await context_of(request)["broker"].channel()
     try:
         letter = await letters.find(channel, queue, _key(request))
     finally:
@@ -120,38 +100,15 @@ async def _found(request: web.Request, queue: str) -> Letter:
     return letter
 
 
-def _base(request: web.Request, **values: Any) -> dict[str, Any]:
-    ctx = _ctx(request)
-    notice = NOTICES.get(request.query.get("done", ""))
-    if notice is not None:
-        count = request.query.get("n", "")
-        notice = notice.format(n=count if count.isdigit() else "?")
-    return {
-        "prefix": ctx["names"].prefix,
-        "csrf": ctx["guard"].token(),
-        "notice": notice,
-        "user": ctx["settings"].user,
-        **values,
-    }
-
-
-async def _form(request: web.Request) -> Any:
-    form = await request.post()
-    if not _ctx(request)["guard"].csrf_ok(request, form.get("csrf")):
-        log.warning("console POST refused: bad CSRF token or origin", path=request.path)
-        raise web.HTTPForbidden(text="CSRF token missing or wrong, or another origin\n")
-    return form
-
-
 @aiohttp_jinja2.template("overview.html")
 async def overview_page(request: web.Request) -> dict[str, Any]:
-    ctx = _ctx(request)
+    ctx = context_of(request)
     shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
-    return _base(request, overview=shown)
+    return base(request, overview=shown)
 
 
 async def overview_json(request: web.Request) -> web.Response:
-    ctx = _ctx(request)
+    ctx = context_of(request)
     shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
     return web.json_response(shown.as_json())
 
@@ -160,7 +117,7 @@ async def overview_json(request: web.Request) -> web.Response:
 async def dead_page(request: web.Request) -> dict[str, Any]:
     queues = _consumer(request)
     chosen = _filter(request.query)
-    return _base(
+    return base(
         request,
         consumer=queues.consumer,
         queue=queues.dead,
@@ -172,18 +129,18 @@ async def dead_page(request: web.Request) -> dict[str, Any]:
 async def letter_page(request: web.Request) -> dict[str, Any]:
     queues = _consumer(request)
     letter = await _found(request, queues.dead)
-    return _base(request, consumer=queues.consumer, letter=letter, held="dead")
+    return base(request, consumer=queues.consumer, letter=letter, held="dead")
 
 
 @aiohttp_jinja2.template("discard.html")
 async def discard_page(request: web.Request) -> dict[str, Any]:
     queues = _consumer(request)
     letter = await _found(request, queues.dead)
-    return _base(request, consumer=queues.consumer, letter=letter)
+    return base(request, consumer=queues.consumer, letter=letter)
 
 
 async def _act(request: web.Request, queue: str, fate: letters.Fate, form: Any) -> int:
-    channel = await _ctx(request)["broker"].channel()
+    channel = await context_of(request)["broker"].channel()
     try:
         scope = str(form.get("scope", "one"))
         if scope == "one":
@@ -199,7 +156,7 @@ async def _act(request: web.Request, queue: str, fate: letters.Fate, form: Any) 
 
 async def replay(request: web.Request) -> web.Response:
     queues = _consumer(request)
-    form = await _form(request)
+    form = await checked_form(request)
     count = await _act(request, queues.dead, ("move", queues.main), form)
     log.info("console replayed dead letters", consumer=queues.consumer, count=count)
     done = "replayed" if count or form.get("scope") != "one" else "gone"
@@ -208,7 +165,7 @@ async def replay(request: web.Request) -> web.Response:
 
 async def discard(request: web.Request) -> web.Response:
     queues = _consumer(request)
-    form = await _form(request)
+    form = await checked_form(request)
     if form.get("confirm") != "discard":
         raise web.HTTPBadRequest(text="a discard must be confirmed\n")
     count = await _act(request, queues.dead, "drop", {**form, "scope": "one"})
@@ -220,17 +177,17 @@ async def discard(request: web.Request) -> web.Response:
 
 @aiohttp_jinja2.template("unrouted.html")
 async def unrouted_page(request: web.Request) -> dict[str, Any]:
-    names = _ctx(request)["names"]
+    names = context_of(request)["names"]
     # Kept through the unrouted exchange: a reroute needs each event's own routing key.
     swept = await _swept(request, names.unrouted, Filter(), keep_through=names.unrouted)
-    return _base(request, queue=names.unrouted, **swept)
+    return base(request, queue=names.unrouted, **swept)
 
 
 async def reroute_all(request: web.Request) -> web.Response:
-    await _form(request)
-    channel = await _ctx(request)["broker"].channel()
+    await checked_form(request)
+    channel = await context_of(request)["broker"].channel()
     try:
-        result = await reroute(channel, _ctx(request)["names"])
+        result = await reroute(channel, context_of(request)["names"])
     finally:
         await channel.close()
     log.info("console rerouted", moved=result.moved, still_unrouted=result.still_unrouted)
@@ -239,18 +196,18 @@ async def reroute_all(request: web.Request) -> web.Response:
 
 @aiohttp_jinja2.template("invalid.html")
 async def invalid_page(request: web.Request) -> dict[str, Any]:
-    names = _ctx(request)["names"]
-    return _base(request, queue=names.invalid, **await _swept(request, names.invalid, Filter()))
+    names = context_of(request)["names"]
+    return base(request, queue=names.invalid, **await _swept(request, names.invalid, Filter()))
 
 
 @aiohttp_jinja2.template("letter.html")
 async def invalid_letter(request: web.Request) -> dict[str, Any]:
-    letter = await _found(request, _ctx(request)["names"].invalid)
-    return _base(request, consumer=None, letter=letter, held="invalid")
+    letter = await _found(request, context_of(request)["names"].invalid)
+    return base(request, consumer=None, letter=letter, held="invalid")
 
 
 async def invalid_body(request: web.Request) -> web.Response:
-    letter = await _found(request, _ctx(request)["names"].invalid)
+    letter = await _found(request, context_of(request)["names"].invalid)
     return web.Response(
         body=letter.body,
         content_type="application/octet-stream",
@@ -264,7 +221,7 @@ async def broker_trouble(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except (OSError, TimeoutError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
-        shown = brokers.display(_ctx(request)["settings"].worker.amqp_url.value)
+        shown = brokers.display(context_of(request)["settings"].worker.amqp_url.value)
         log.warning("console: the broker failed", error=type(exc).__name__, path=request.path)
         return web.Response(
             status=503,
@@ -307,5 +264,6 @@ def build(settings: ConsoleSettings) -> web.Application:
     app.router.add_get("/invalid", invalid_page)
     app.router.add_get("/invalid/{key}", invalid_letter)
     app.router.add_get("/invalid/{key}/body", invalid_body)
+    history.register(app, settings)
     app.router.add_static("/static", HERE / "static", append_version=True)
     return app

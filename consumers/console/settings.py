@@ -1,4 +1,4 @@
-"""Console settings: the bus as for workers, plus where to listen and who may come in."""
+"""Console settings: the bus as for workers, where to listen, who may come in, the history."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
+from consumers.history.settings import HistorySettings
 from consumers.settings import WorkerSettings
 from service.shared import brokers
 from service.shared.environment import EnvReader, Secret, url_passwords
@@ -26,6 +27,8 @@ class ConsoleSettings:
     host: str = "127.0.0.1"
     port: int = 8090
     page_size: int = 50
+    # None without HISTORY_DATABASE_URL: the History page says how to have one.
+    history: HistorySettings | None = None
 
     @property
     def management_display(self) -> str:
@@ -37,11 +40,12 @@ class ConsoleSettings:
             *self.worker.secret_values(),
             self.password.value,
             *url_passwords(self.management_url.value),
+            *(url_passwords(self.history.database_url.value) if self.history else ()),
         )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], worker: WorkerSettings) -> ConsoleSettings:
-        """Read CONSOLE_* and RABBITMQ_MANAGEMENT_URL; raise `SettingsError` naming the bad one."""
+        """Read CONSOLE_*, RABBITMQ_MANAGEMENT_URL, HISTORY_*; `SettingsError` names a bad one."""
         env = EnvReader(environ)
         password = env.secret("CONSOLE_PASSWORD")
         if password is None:
@@ -69,6 +73,11 @@ class ConsoleSettings:
             host=env.text("CONSOLE_HOST", cls.host),
             port=env.integer("CONSOLE_PORT", cls.port, low=0, high=65535),
             page_size=env.integer("CONSOLE_PAGE_SIZE", cls.page_size, low=1, high=1000),
+            history=(
+                HistorySettings.from_env(environ)
+                if env.database_url("HISTORY_DATABASE_URL") is not None
+                else None
+            ),
         )
 
 
