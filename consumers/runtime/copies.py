@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from pamqp.common import FieldTable
@@ -48,12 +49,41 @@ class Copies:
 
         The copy carries `message_id`, the event's own, also when the message had none.
         """
+        copy = copy_of(message, extra, message_id=message_id)
+        if failed := await self._confirmed(copy, message_id, target):
+            await asyncio.sleep(requeue_pause(message))
+            await settle(message.nack(requeue=True))
+            quietly(
+                log.error,
+                "broker did not take the copy; the message went back",
+                target=target,
+                error_type=failed,
+            )
+            return False
+        await settle(message.ack())
+        return True
+
+    async def send_back(self, message: AbstractIncomingMessage, target: str) -> bool:
+        """Publish a due retry copy to `target` and ack it; on failure leave it unsettled.
+
+        The caller holds it and tries again: handed back, the copy would be dead-lettered
+        by its queue's TTL, the path this one avoids (`consumers.runtime.returns`).
+        """
+        message_id = message.message_id or ""
+        copy = copy_of(message, {}, message_id=message_id or None)
+        if failed := await self._confirmed(copy, message_id, target):
+            quietly(log.warning, "a due retry was not taken; it stays held", error_type=failed)
+            return False
+        await settle(message.ack())
+        return True
+
+    async def _confirmed(self, copy: aio_pika.Message, message_id: str, target: str) -> str:
+        """Publish `copy` to queue `target`; "" once confirmed, else the error's name."""
         assert self._channel is not None
         assert self._session is not None
-        copy = copy_of(message, extra, message_id=message_id)
         try:
             if self._session.blocked is not None:
-                # An alarm: the copy would only wait FORWARD_TIMEOUT. Hand the message back.
+                # An alarm: the copy would only wait FORWARD_TIMEOUT.
                 raise BrokerBlocked
             async with asyncio.timeout(FORWARD_TIMEOUT):
                 mine = await self._one_per_id.acquire(message_id)
@@ -70,17 +100,8 @@ class Copies:
                 exc, aiormq.exceptions.PublishError
             ):
                 await self._renew()
-            await asyncio.sleep(requeue_pause(message))
-            await settle(message.nack(requeue=True))
-            quietly(
-                log.error,
-                "broker did not take the copy; the message went back",
-                target=target,
-                error_type=type(exc).__name__,
-            )
-            return False
-        await settle(message.ack())
-        return True
+            return type(exc).__name__
+        return ""
 
     async def _renew(self) -> None:
         """After a nack, copies go out on a new channel, at most once per RENEW_PAUSE.

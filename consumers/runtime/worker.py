@@ -40,6 +40,7 @@ from consumers.runtime.failures import (
     retry_delay,
 )
 from consumers.runtime.metrics import WorkerMetrics, serve_metrics
+from consumers.runtime.returns import Returns
 from consumers.runtime.session import Session, open_session
 from consumers.runtime.settling import STEP_TIMEOUT, bounded, quietly, settle
 from consumers.settings import WorkerSettings
@@ -73,6 +74,7 @@ class _Running:
     channel: AbstractChannel
     queue: AbstractQueue
     once: Patience | None = None  # the dedupe store, for a consumer with dedupe on
+    returns: Returns | None = None  # due retries brought back by this worker
     tag: str = ""
     handling: int = 0
 
@@ -172,6 +174,9 @@ class Worker:
                     broker=session.node,
                     in_flight=len(self._in_flight),
                 )
+                for item in running:
+                    if item.returns is not None:
+                        await item.returns.close()
             except _SessionLost:
                 log.warning("broker connection lost while starting", broker=session.node)
             finally:
@@ -185,6 +190,8 @@ class Worker:
         log.info("worker stopping", in_flight=len(self._in_flight))
         for item in running:
             await bounded(item.queue.cancel(item.tag), "cancel the consumer")
+            if item.returns is not None:
+                await item.returns.close()
         await self._drain()
         for item in running:
             # Closing the channel waits for the broker, so every ack sent before it counts.
@@ -259,6 +266,8 @@ class Worker:
             await handle(running, message)
 
         running.tag = await queue.consume(on_message)
+        running.returns = Returns(queues, self._copies.send_back)
+        await running.returns.start(connection, consumer.retry_delays, opened)
         return running
 
     async def _drain(self) -> None:

@@ -25,6 +25,7 @@ class Journal:
     origin: float = field(default_factory=time.monotonic)
     entries: list[Done] = field(default_factory=list)
     void: bool = False
+    held_back: int = 0
 
     def now(self) -> float:
         return time.monotonic() - self.origin

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -26,16 +27,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import aiohttp
 import pytest
 
+from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.http.app import WEBHOOK_PATH
+from service.shared.bus import BusNames
 from tests.faults.harness import Harness, Process
 from tests.faults.load import Load, deliveries, retryable, run_load
 from tests.nodes import Cluster, Node
 from tests.small_fs import SmallFilesystem, in_small_filesystem
-from tests.support import AMQP_URL
+from tests.support import AMQP_URL, BusView
 from tests.tcp_proxy import TcpProxy, proxy_to
+from tests.worker_processes import start_worker
+from tests.workers import fail_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
 
@@ -375,3 +381,68 @@ async def test_memory_alarm(harness: Harness) -> None:
     finally:
         await harness.close()
         await asyncio.to_thread(broker.shutdown)
+
+
+async def test_retries_come_back_when_the_main_queues_leader_dies(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """A node failure while retries return must not leave them stuck in the retry queue.
+
+    The queues are declared through another node than the worker's, so that their
+    leaders are there; that node is killed while the 300 retries are due back.
+    """
+    cluster = Cluster(3)
+    count = tmp_path / "counted.txt"
+    try:
+        await cluster.start()
+        worker_node, leader_node = cluster.nodes[0], cluster.nodes[1]
+        connection = await aio_pika.connect(leader_node.url)
+        async with connection:
+            channel = await connection.channel()
+            names = BusNames(harness.prefix)
+            await declare_consumer_topology(channel, names, fail_once.consumer)
+            listed = json.loads(
+                leader_node.must("list_queues", "name", "leader", "--formatter", "json", "-q")
+            )
+            main = ConsumerQueues(harness.prefix, "fail-once").main
+            assert {q["leader"] for q in listed if q["name"].startswith(main)} == {leader_node.name}
+            worker = await start_worker(
+                "tests.workers.fail_once",
+                tmp_path / "worker.log",
+                {
+                    "AMQP_URL": worker_node.url,
+                    "BUS_PREFIX": harness.prefix,
+                    "COUNT_FILE": str(count),
+                    "METRICS_PORT": "0",
+                    "LOG_FORMAT": "json",
+                },
+            )
+            view = BusView(channel, names)
+            sent = [
+                await view.publish_event("talent_created", CorrelationId=f"r-{n}")
+                for n in range(300)
+            ]
+            async with asyncio.timeout(30):
+                while len(worker.events("handler failed")) < len(sent):
+                    await asyncio.sleep(0.1)
+        # Every message failed once and waits 2 s for its retry: the leaders go now.
+        pid = int((leader_node.base / "pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(90):
+                while len(set(count.read_text().split()) if count.exists() else ()) < len(sent):
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            pass  # the line below says how many came back
+        back = set(count.read_text().split()) if count.exists() else set()
+        print(
+            f"\nFAULTS retries after a leader's node died: {len(back & set(sent))} of"
+            f" {len(sent)} came back in {time.monotonic() - started:.1f} s",
+            flush=True,
+        )
+        assert back >= set(sent)
+        await worker.stop()
+    finally:
+        await harness.close()
+        await asyncio.to_thread(cluster.shutdown)
