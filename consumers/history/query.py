@@ -32,19 +32,22 @@ PAGE = 1000
 
 def parse_time(option: str, text: str, now: datetime | None = None) -> datetime:
     """`text` as a moment; raise `SettingsError` naming `option` when it is neither form."""
-    found = _RELATIVE.match(text)
-    if found:
-        seconds = float(found.group(1)) * _UNITS[found.group(2)]
-        return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
     try:
+        found = _RELATIVE.match(text)
+        if found:
+            seconds = float(found.group(1)) * _UNITS[found.group(2)]
+            return (now or datetime.now(UTC)) - timedelta(seconds=seconds)
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+        return moment.astimezone(UTC)
     except ValueError:
         raise SettingsError(
             option,
             f"must be ISO 8601 (2026-12-01T08:00, UTC when no offset) or relative "
             f"(90m, 2h, 3d), got {text!r}",
         ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    except OverflowError:
+        raise SettingsError(option, f"is out of range, got {text!r}") from None
 
 
 def parse_where(text: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import pytest
 
 from consumers.history.query import Filter, count, parse_time, parse_where, search
 from consumers.history.store import HistoryStore, HistoryUnavailable, open_pool, partition_name
+from service.shared.errors import SettingsError
 from tests.consumers.history.conftest import entry
 from tests.databases import own_database_async
 
@@ -101,6 +102,12 @@ async def test_filters(store: HistoryStore) -> None:
     assert await ids(Filter(tenant=6, event="placement.#", since=now - timedelta(days=1))) == [
         placed.message_id
     ]
+
+
+@pytest.mark.parametrize("text", ["99999999999d", "0001-01-01T00:00+05:00"])
+def test_a_time_out_of_range_is_a_clear_error(text: str) -> None:
+    with pytest.raises(SettingsError, match="--since: is out of range"):
+        parse_time("--since", text)
 
 
 def test_times_in_every_form() -> None:
