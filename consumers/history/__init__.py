@@ -68,7 +68,7 @@ async def open_history() -> None:
     settings = HistorySettings.from_env(os.environ)
     worker = WorkerSettings.from_env(os.environ)
     pool = await open_pool(
-        settings.database_url.value, settings.display, patience=worker.dedupe_start_timeout
+        settings.database_url.value, settings.display, patience=settings.start_timeout
     )
     store = HistoryStore(pool, worker.scope)
     await store.create()

@@ -21,6 +21,8 @@ class HistorySettings:
 
     database_url: Secret
     retention_days: int = DEFAULT_RETENTION_DAYS
+    # How long the history worker waits at start for a database that is down.
+    start_timeout: float = 60.0
 
     @property
     def display(self) -> str:
@@ -39,5 +41,6 @@ class HistorySettings:
                 "PostgreSQL URL",
             )
         days = env.integer("HISTORY_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, low=1, high=3650)
+        wait = env.seconds("HISTORY_START_TIMEOUT", cls.start_timeout, allow_zero=True)
         redact_also(*url_passwords(url.value))
-        return cls(url, days)
+        return cls(url, days, wait)
