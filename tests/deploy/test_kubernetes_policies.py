@@ -298,7 +298,7 @@ def check_worker(docs: list[Doc], deployment: Doc) -> None:
         assert "HISTORY_DATABASE_URL_FILE" in files, f"{name}: HISTORY_DATABASE_URL_FILE"
         # It serves /healthz once its database is open, which it waits for: the kubelet
         # must not kill it before it gives up by itself.
-        waits = float(env.get("DEDUPE_START_TIMEOUT") or WorkerSettings.dedupe_start_timeout)
+        waits = float(env.get("HISTORY_START_TIMEOUT") or HistorySettings.start_timeout)
         assert probe_patience(container) > waits, f"{name}: killed while it waits to start"
     if "audit_log" in modules:
         log_dir = str(env["AUDIT_LOG_DIR"])
