@@ -1,14 +1,21 @@
-"""`consumers tail [PATTERN...]`: print each event as it is published, until Ctrl-C."""
+"""`consumers tail [PATTERN...]`: print each event as it is published, until Ctrl-C.
+
+When the broker connection is lost (its node stopped, say), the tail says so on stderr
+and connects again, to the next node of AMQP_URL that answers; what was published in
+between is not shown. It ends only on Ctrl-C or SIGTERM, with exit code 0.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
+import aio_pika
 import orjson
 
 from consumers.operations.tail import Seen, Tail
@@ -16,6 +23,9 @@ from consumers.patterns import normalize_pattern
 from consumers.settings import WorkerSettings
 from service.shared import brokers
 from service.shared.bus import BusNames
+from service.shared.timing import backoff
+
+AGAIN = (0.5, 1.0, 2.0, 5.0)
 
 
 def add(commands: Any) -> None:
@@ -90,8 +100,39 @@ async def _tail(settings: WorkerSettings, patterns: tuple[str, ...], *, as_json:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    connection = await brokers.connect(settings.amqp_url.value)
-    async with connection:
-        connection.close_callbacks.add(lambda *_: stop.set())
-        print(f"tailing {settings.bus_prefix}: {' '.join(patterns)} (Ctrl-C ends)", file=sys.stderr)
-        await Tail(connection, BusNames(settings.bus_prefix), show, patterns=patterns).run(stop)
+    said = f"tailing {settings.bus_prefix}: {' '.join(patterns)} (Ctrl-C ends)"
+    failures = 0
+    while not stop.is_set():
+        try:
+            connection = await brokers.connect(settings.amqp_url.value)
+        except (OSError, aio_pika.exceptions.AMQPError, TimeoutError) as exc:
+            if failures == 0:
+                print(
+                    f"tail: cannot reach the broker ({type(exc).__name__}); trying again",
+                    file=sys.stderr,
+                )
+            failures += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff(AGAIN, failures))
+            continue
+        failures = 0
+        ended = asyncio.Event()  # Ctrl-C, or the connection went
+        relay = asyncio.create_task(_set_when(stop, ended))
+        async with connection:
+            connection.close_callbacks.add(lambda *_, ended=ended: ended.set())
+            print(said, file=sys.stderr)
+            tail = Tail(connection, BusNames(settings.bus_prefix), show, patterns=patterns)
+            try:
+                await tail.run(ended)
+            except (aio_pika.exceptions.AMQPError, RuntimeError, OSError, TimeoutError):
+                pass  # the connection went while the tail set up or closed
+            finally:
+                relay.cancel()
+        if not stop.is_set():
+            print("tail: lost the broker connection; connecting again", file=sys.stderr)
+            said = f"tailing {settings.bus_prefix} again; events published meanwhile are not shown"
+
+
+async def _set_when(first: asyncio.Event, then: asyncio.Event) -> None:
+    await first.wait()
+    then.set()

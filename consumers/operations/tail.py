@@ -97,9 +97,13 @@ class Tail:
         await unrouted.consume(on_unrouted, no_ack=True)
         await routed.consume(arrived.put)
         watching = asyncio.create_task(self._watch(channel, routed, arrived, stop))
-        await stop.wait()
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({watching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
         watching.cancel()
-        await asyncio.gather(watching, return_exceptions=True)
+        await asyncio.gather(watching, stopping, return_exceptions=True)
+        if watching.done() and not watching.cancelled() and watching.exception() is not None:
+            raise watching.exception()  # type: ignore[misc]  # the caller connects again
         await self._registry.close()
         await channel.close()
         return [routed.name, unrouted.name]

@@ -11,6 +11,7 @@ import pytest
 
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView
+from tests.tcp_proxy import TcpProxy
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import talent_v1, talent_v2
 
@@ -34,13 +35,22 @@ class TailProcess:
         assert started.startswith(b"tailing "), started
         await asyncio.sleep(0.3)  # its queues are bound just after it says so
 
+    async def said_until(self, start: bytes, within: float = 20) -> list[bytes]:
+        """Lines on stderr up to and including the first that starts with `start`."""
+        assert self.process.stderr is not None
+        said: list[bytes] = []
+        async with asyncio.timeout(within):
+            while not said or not said[-1].startswith(start):
+                said.append(await self.process.stderr.readline())
+        return said
+
     async def stop(self, signum: int = signal.SIGINT) -> int:
         self.process.send_signal(signum)
         return await asyncio.wait_for(self.process.wait(), 15)
 
 
-async def tail(bus: BusView, *args: str) -> TailProcess:
-    env = base_env(AMQP_URL=AMQP_URL, BUS_PREFIX=bus.names.prefix, LOG_LEVEL="warning")
+async def tail(bus: BusView, *args: str, url: str = AMQP_URL) -> TailProcess:
+    env = base_env(AMQP_URL=url, BUS_PREFIX=bus.names.prefix, LOG_LEVEL="warning")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -74,6 +84,24 @@ async def test_tail_shows_every_event_and_takes_none(
     assert "(unrouted" in by_id[unbound]
     assert await watching.stop() == 0
     assert await unrouted_ids(bus) == [unbound]  # the alternate exchange still kept it
+
+
+async def test_a_tail_whose_connection_is_lost_says_so_and_goes_on(
+    bus: BusView, proxy: TcpProxy
+) -> None:
+    await bus.declare()
+    watching = await tail(bus, url=proxy.url_for(AMQP_URL))
+    before = await bus.publish_event("talent_created", CorrelationId="before-cut")
+    assert f"id={before}" in await watching.line()
+    await proxy.cut()  # the broker's node went away, as far as the tail can tell
+    said = await watching.said_until(b"tailing ")
+    assert b"tail: lost the broker connection; connecting again\n" in said
+    assert said[-1].startswith(b"tailing " + bus.names.prefix.encode() + b" again;")
+    await asyncio.sleep(0.3)  # its new queues are bound just after it says so
+    after = await bus.publish_event("talent_created", CorrelationId="after-cut")
+    assert f"id={after}" in await watching.line()
+    assert watching.process.returncode is None  # still running until Ctrl-C
+    assert await watching.stop() == 0
 
 
 async def test_tail_filters_and_prints_json(bus: BusView) -> None:
