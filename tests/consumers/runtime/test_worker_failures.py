@@ -121,7 +121,6 @@ async def test_a_returned_copy_is_never_charged_to_another_message(
         METRICS_PORT=str(port),
     )
     a = ConsumerQueues(bus.names.prefix, "fail-a")
-    b = ConsumerQueues(bus.names.prefix, "fail-b")
     # An operator deletes a retry queue (as for delays no longer in the code).
     await bus.channel.queue_delete(a.retry(30))
     ids = [await bus.publish_event("talent_created") for _ in range(200)]
