@@ -157,8 +157,9 @@ async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
     )
     crm = await bus.queue(ConsumerQueues(bus.names.prefix, "crm-old").main)
     async with asyncio.timeout(30):
-        while ((await bus.queue(crm.name)).declaration_result.message_count or 0) < 1000:
-            await asyncio.sleep(0.05)
+        # Stopped as soon as copies arrive: on a busy machine 20,000 go by in seconds.
+        while not (await bus.queue(crm.name)).declaration_result.message_count:
+            await asyncio.sleep(0.02)
     replaying.send_signal(signal.SIGINT)
     out, err = await asyncio.wait_for(replaying.communicate(), 30)
     assert replaying.returncode == 130, err
@@ -170,5 +171,5 @@ async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
     )
     assert found, said
     held = (await bus.queue(crm.name)).declaration_result.message_count or 0
-    assert 1000 <= int(found.group(1)) <= held < len(many)  # confirmed ones all arrived
+    assert int(found.group(1)) <= held < len(many)  # every confirmed copy arrived
     assert out == b""

@@ -196,13 +196,13 @@ async def test_workers_go_on_consuming_while_blocked_and_copies_wait_for_the_lif
         assert await queue_depth(node.url, f"{prefix}.steady") == 0
 
         async def copy_held_back() -> bool:
+            # The worker brings its due retry back itself (`consumers.runtime.returns`):
+            # that publish, like the dead copy after it, waits for the lift.
             return any(
                 line.get("error_type") == "BrokerBlocked"
-                for line in worker.events("broker did not take the copy; the message went back")
+                for line in worker.events("a due retry was not taken; it stays held")
             )
 
-        # The retried message fails again: its dead copy waits FORWARD_TIMEOUT once, the
-        # broker says it blocks, and later attempts go back at once.
         await until(copy_held_back, within=40)
         assert worker.events(
             "broker blocked publishing; copies wait and their messages go back meanwhile"
