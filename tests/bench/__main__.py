@@ -1,7 +1,9 @@
-"""`make bench`: the ceiling, the receiver, end-to-end latency, workers and memory, in one run.
+"""`make bench`: the ceiling, the receiver, end-to-end latency, workers, memory and the history.
 
 Prints one table, and writes `results/latest.json` and `results/latest.png`.
 Ratios are computed within the run: absolute numbers drift on a shared machine.
+`python -m tests.bench history` runs the receiver's load points and the history phase
+alone, and writes `results/history.json`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from typing import Any
 
 import uvloop
 
+from tests.bench.history import history
+from tests.bench.history.report import accepted
+from tests.bench.history.report import targets as history_targets
 from tests.bench.processes import CHILDREN, run_json, settle
 from tests.bench.receiver import SECONDS, end_to_end, purge, receiver_points, stubbed_point
-from tests.bench.report import TARGETS, plot, table
+from tests.bench.report import TARGETS, layout, plot, table
 from tests.bench.tracing_cost import tracing_cost
 from tests.bench.versus import versus
 from tests.bench.workers import cleanup, dedupe_cost, workers
@@ -59,13 +64,14 @@ async def main() -> None:
         worker, worker_rss = await workers(prefix, workdir)
         print("workers with dedupe ...", flush=True)
         dedupe = await dedupe_cost(prefix, workdir)
+        print("history ...", flush=True)
+        kept = {
+            **await history(f"{prefix}-history", workdir),
+            "receiver": accepted(points),
+            "ceiling_per_second": top["per_second"],
+        }
     finally:
-        # Children first: a worker still running would declare its queues again.
-        for child in CHILDREN:
-            if child.returncode is None:
-                child.terminate()
-                await child.wait()
-        await cleanup(prefix)
+        await stop_children(prefix)
     at64 = next(p for p in points if p["connections"] == 64)
     values = {
         "warning_vs_naive": against["warning_vs_naive"],
@@ -102,17 +108,21 @@ async def main() -> None:
         "dedupe": dedupe,
         "receiver_rss_mib": receiver_rss,
         "worker_rss_mib": worker_rss,
+        "history": kept,
         "targets": {
-            name: (
-                value,
-                TARGETS[name],
-                value >= TARGETS[name] if name in higher_is_better else value <= TARGETS[name],
-            )
-            for name, value in values.items()
+            **{
+                name: (
+                    value,
+                    TARGETS[name],
+                    value >= TARGETS[name] if name in higher_is_better else value <= TARGETS[name],
+                )
+                for name, value in values.items()
+            },
+            **history_targets(kept),
         },
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2, default=str))
     plotted = plot(result, RESULTS / "latest.png")
     print()
     print(table(result))
@@ -121,5 +131,41 @@ async def main() -> None:
     )
 
 
+async def stop_children(prefix: str) -> None:
+    # Children first: a worker still running would declare its queues again.
+    for child in CHILDREN:
+        if child.returncode is None:
+            child.terminate()
+            await child.wait()
+    await cleanup(prefix)
+
+
+async def history_only() -> None:
+    """The receiver's load points, for the rate to compare with, then the history phase."""
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        print("receiver ...", flush=True)
+        points, _, _ = await receiver_points(prefix, workdir)
+        await purge(prefix)
+        print("history ...", flush=True)
+        kept = {**await history(f"{prefix}-history", workdir), "receiver": accepted(points)}
+    finally:
+        await stop_children(prefix)
+    met = history_targets(kept)
+    result = {"receiver": points, "history": kept, "targets": met}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "history.json").write_text(json.dumps(result, indent=2, default=str))
+    print()
+    print(layout([], met, kept))
+    print(f"\nwrote {RESULTS / 'history.json'}")
+
+
+PHASES = {"all": main, "history": history_only}
+
+
 if __name__ == "__main__":
-    uvloop.run(main())
+    chosen = sys.argv[1] if len(sys.argv) > 1 else "all"
+    if chosen not in PHASES:
+        sys.exit(f"usage: python -m tests.bench [{'|'.join(PHASES)}]")
+    uvloop.run(PHASES[chosen]())

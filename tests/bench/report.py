@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tests.bench.history.report import plans
+from tests.bench.history.report import rows as history_rows
+
 TARGETS = {
     "warning_vs_naive": 1.2,
     "info_vs_naive": 1.0,
@@ -141,10 +144,23 @@ def table(result: dict[str, Any]) -> str:
             f"worker {result['worker_rss_mib']:.0f} MiB",
         )
     )
+    return layout(rows, result["targets"], result.get("history"))
+
+
+def layout(
+    rows: list[tuple[str, str, str]],
+    targets: dict[str, tuple[float, float, bool]],
+    kept: dict[str, Any] | None = None,
+) -> str:
+    """The rows, then each target; with the history's figures `kept`, those too."""
+    if kept:
+        rows = [*rows, *history_rows(kept)]
     lines = [f"{a:<32} {b:<22} {c}" for a, b, c in rows]
     lines.append("")
-    for name, (value, target, met) in result["targets"].items():
+    for name, (value, target, met) in targets.items():
         lines.append(f"{name:<32} {value:<22.3g} target {target:g}: {'met' if met else 'NOT met'}")
+    if kept:
+        lines.extend(plans(kept))
     return "\n".join(lines)
 
 

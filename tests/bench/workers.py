@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from aiormq import spec
 
 from consumers import Consumer
 from consumers.topology import ConsumerQueues, declare_consumer_topology
-from service.shared.bus import AuthMethod, BusNames, Receipt, event_message
+from service.shared.bus import AuthMethod, BusNames, Outgoing, Receipt, event_message
 from service.shared.envelope import parse
 from tests.bench.noop import noop
 from tests.bench.noop_dedupe import noop_dedupe
@@ -31,11 +33,17 @@ WORKER_ROUNDS = 5
 
 
 async def prefill(
-    prefix: str, count: int, consumer: Consumer = noop, *, distinct: bool = False
+    prefix: str,
+    count: int,
+    consumer: Consumer = noop,
+    *,
+    distinct: bool = False,
+    make: Callable[[BusNames], Outgoing] | None = None,
 ) -> str:
     """Declare `consumer`'s queues and fill its queue with `count` events.
 
-    With `distinct`, each event has a message id of its own, as dedupe needs to do work.
+    With `distinct`, each event has a message id of its own, as dedupe needs to do work;
+    with `make`, each event is the message it returns.
     """
     names = BusNames(prefix)
     connection = await aio_pika.connect(AMQP_URL)
@@ -46,23 +54,26 @@ async def prefill(
         body = fixture_bodies()["placement_updated"]
         # Shaped as the receiver shapes them, headers included: the worker decodes those.
         receipt = Receipt(str(uuid.uuid4()), AuthMethod.API_KEY, datetime.now(UTC))
-        properties = event_message(names, parse(body), body, receipt).properties
+        message = event_message(names, parse(body), body, receipt)
 
-        def shaped() -> spec.Basic.Properties:
+        def shaped() -> Outgoing:
+            if make is not None:
+                return make(names)
             if not distinct:
-                return properties
-            return replace_id(properties, str(uuid.uuid4()))
+                return message
+            return replace(message, properties=replace_id(message.properties, str(uuid.uuid4())))
 
         for start_at in range(0, count, 500):
+            batch = [shaped() for _ in range(min(500, count - start_at))]
             await asyncio.gather(
                 *(
                     underlay.basic_publish(
-                        body,
-                        exchange=names.events,
-                        routing_key="placement.updated",
-                        properties=shaped(),
+                        each.body,
+                        exchange=each.exchange,
+                        routing_key=each.routing_key,
+                        properties=each.properties,
                     )
-                    for _ in range(min(500, count - start_at))
+                    for each in batch
                 )
             )
         return queue.name
