@@ -16,6 +16,7 @@ from consumers.topology import ConsumerQueues
 from tests.consumers.history.conftest import entry
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView, consumer_queue_names
+from tests.tcp_proxy import TcpProxy
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import crm_old, talent_v1
 
@@ -133,7 +134,11 @@ async def test_replay_to_an_unknown_consumer_names_the_known_ones(
 
 
 async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
-    bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], store: HistoryStore
+    bus: BusView,
+    spawn_worker: SpawnWorker,
+    env: dict[str, str],
+    store: HistoryStore,
+    proxy: TcpProxy,
 ) -> None:
     worker = await spawn_worker("tests.workers.crm_old", crm_old.consumer, METRICS_PORT="0")
     assert await worker.stop(signal.SIGTERM) == 0
@@ -151,16 +156,20 @@ async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
         "history",
         "replay",
         "crm-old",
-        env=base_env(**env),
+        env=base_env(**{**env, "AMQP_URL": proxy.url_for(AMQP_URL)}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
     crm = await bus.queue(ConsumerQueues(bus.names.prefix, "crm-old").main)
     async with asyncio.timeout(30):
-        # Stopped as soon as copies arrive: on a busy machine 20,000 go by in seconds.
         while not (await bus.queue(crm.name)).declaration_result.message_count:
             await asyncio.sleep(0.02)
+    # Copies are arriving: hold the replay's link still so that it is midway for sure.
+    proxy.stall()
+    await asyncio.sleep(0.5)
     replaying.send_signal(signal.SIGINT)
+    await asyncio.sleep(1)
+    proxy.resume()  # so that it can close its connection
     out, err = await asyncio.wait_for(replaying.communicate(), 30)
     assert replaying.returncode == 130, err
     said = err.decode().strip().splitlines()[-1]
