@@ -159,6 +159,9 @@ async def test_a_replay_stopped_with_ctrl_c_says_how_far_it_got(
         env=base_env(**{**env, "AMQP_URL": proxy.url_for(AMQP_URL)}),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # As at a terminal: a suite run in the background has SIGINT ignored, and the
+        # child would inherit that (Python then installs no KeyboardInterrupt).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     crm = await bus.queue(ConsumerQueues(bus.names.prefix, "crm-old").main)
     async with asyncio.timeout(30):
