@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -254,10 +255,7 @@ class HistoryStore:
 
 def hash_bucket(message_id: str) -> int:
     """The advisory lock a message id is written under (stable across processes)."""
-    value = 0
-    for byte in message_id.encode():
-        value = (value * 31 + byte) % 2_147_483_647
-    return value % LOCK_BUCKETS
+    return zlib.crc32(message_id.encode()) % LOCK_BUCKETS
 
 
 def _columns(batch: Sequence[Entry]) -> list[list[Any]]:
