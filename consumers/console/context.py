@@ -58,6 +58,8 @@ def base(request: web.Request, **values: Any) -> dict[str, Any]:
         "csrf": ctx["guard"].token(),
         "notice": _notice(request.query),
         "user": ctx["settings"].user,
+        "receivers": ctx["receivers"].states,
+        "troubled": ctx["receivers"].troubled,
         **values,
     }
 

@@ -17,6 +17,7 @@ import json
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
@@ -29,6 +30,9 @@ from service.shared.text import safe_text
 Fate = Literal["keep", "drop"] | tuple[Literal["move", "publish"], str]
 
 _locks: dict[str, asyncio.Lock] = {}
+REPLAYS = "x-replays"
+TRACEBACK = "x-error-traceback"
+TRACEBACK_SHOWN = 8192  # the worker keeps at most 4 KiB; text of a stranger's, cut
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,15 @@ class Letter:
     reason: str  # why it was quarantined (`.invalid`)
     headers: dict[str, str] = field(repr=False)
     body: bytes = field(repr=False)
+    replays: int = 0  # times it was replayed and failed again
+    traceback: str = field(default="", repr=False)
+
+    @property
+    def failed_time(self) -> datetime | None:
+        try:
+            return datetime.fromisoformat(self.failed_at) if self.failed_at else None
+        except ValueError:
+            return None
 
     @property
     def text(self) -> str | None:
@@ -63,11 +76,28 @@ class Filter:
 
     event_name: str = ""
     error_type: str = ""
+    message_id: str = ""  # a part of the id is enough
+    tenant: str = ""
+
+    def __bool__(self) -> bool:
+        return any((self.event_name, self.error_type, self.message_id, self.tenant))
 
     def matches(self, letter: Letter) -> bool:
-        return (not self.event_name or letter.event_name == self.event_name) and (
-            not self.error_type or letter.error_type == self.error_type
+        return (
+            (not self.event_name or letter.event_name == self.event_name)
+            and (not self.error_type or letter.error_type == self.error_type)
+            and (not self.message_id or self.message_id in letter.message_id)
+            and (not self.tenant or letter.tenant == self.tenant)
         )
+
+    def query(self) -> dict[str, str]:
+        """The filter as a page's query string keeps it."""
+        return {
+            "event": self.event_name,
+            "error": self.error_type,
+            "id": self.message_id,
+            "tenant": self.tenant,
+        }
 
 
 @dataclass(slots=True)
@@ -79,6 +109,7 @@ class Listing:
     letters: list[Letter] = field(default_factory=list)
     event_names: Counter[str] = field(default_factory=Counter)
     error_types: Counter[str] = field(default_factory=Counter)
+    tenants: Counter[str] = field(default_factory=Counter)
 
 
 def letter_of(message: AbstractIncomingMessage) -> Letter:
@@ -108,7 +139,13 @@ def letter_of(message: AbstractIncomingMessage) -> Letter:
         reason=header("x-invalid-reason"),
         headers=shown_headers(headers),
         body=body,
+        replays=_count(headers.get(REPLAYS)),
+        traceback=safe_text(str(headers.get(TRACEBACK) or ""))[:TRACEBACK_SHOWN],
     )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def body_text(body: bytes) -> str | None:
@@ -201,6 +238,7 @@ async def listing(
         result.total += 1
         result.event_names[letter.event_name] += 1
         result.error_types[letter.error_type] += 1
+        result.tenants[letter.tenant] += 1
         if chosen.matches(letter):
             result.matching += 1
             newest.append(letter)
@@ -252,6 +290,21 @@ async def act(
 
     await sweep(channel, queue, decide)
     return done
+
+
+async def oldest_failure(channel: AbstractChannel, queue: str) -> datetime | None:
+    """The earliest last failure among `queue`'s letters (a sweep: every letter is read)."""
+    oldest: datetime | None = None
+
+    def look(letter: Letter, _: AbstractIncomingMessage) -> Fate:
+        nonlocal oldest
+        failed = letter.failed_time
+        if failed is not None and (oldest is None or failed < oldest):
+            oldest = failed
+        return "keep"
+
+    await sweep(channel, queue, look)
+    return oldest
 
 
 def download_name(letter: Letter) -> str:

@@ -10,10 +10,15 @@ names the consumers, unacked counts are unknown, and the page says why.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from aio_pika.abc import AbstractConnection
 
+from consumers.console import letters
+from consumers.console.activity import Rates
 from consumers.console.management import Management, ManagementUnavailable, QueueInfo
 from consumers.operations import registry
 from consumers.topology import ConsumerQueues
@@ -35,7 +40,13 @@ class ConsumerRow:
     name: str
     main: Depth
     dead: Depth
-    retries: tuple[Depth, ...] = ()
+    retries: tuple[Depth, ...] = ()  # shortest delay first
+    rates: Rates | None = None  # the last five minutes; None when no worker reported
+    oldest_dead: datetime | None = None  # the oldest dead letter's last failure
+
+    @property
+    def has_dead(self) -> bool:
+        return bool(self.dead.ready)
 
 
 @dataclass(slots=True)
@@ -46,7 +57,7 @@ class Overview:
     problem: str | None = None  # why counts are partial
 
     def as_json(self) -> dict[str, object]:
-        """The counts, by queue name, for the page's refresh."""
+        """The counts, by queue name, and each consumer's activity, for the page's refresh."""
         depths: list[Depth] = []
         for row in self.consumers:
             depths += [row.main, row.dead, *row.retries]
@@ -56,26 +67,91 @@ class Overview:
                 d.name: {"ready": d.ready, "unacked": d.unacked, "consumers": d.consumers}
                 for d in depths
             },
+            "activity": {
+                row.name: {
+                    "handled": None if row.rates is None else row.rates.handled,
+                    "failed": None if row.rates is None else row.rates.failed,
+                    "oldest_dead": None if row.oldest_dead is None else row.oldest_dead.isoformat(),
+                }
+                for row in self.consumers
+            },
             "consumers": [row.name for row in self.consumers],
             "problem": self.problem,
         }
 
 
 async def overview(
-    management: Management, connection: AbstractConnection, names: BusNames
+    management: Management,
+    connection: AbstractConnection,
+    names: BusNames,
+    rates: dict[str, Rates] | None = None,
+    ages: DeadAges | None = None,
 ) -> Overview:
+    """Every consumer's queues, with `rates` (by consumer) and its oldest dead letter."""
     try:
         listed = await management.queues(names.prefix)
     except ManagementUnavailable as exc:
         result = await _from_amqp(connection, names)
         result.problem = f"{exc}. Counts below come over AMQP: no unacked counts."
-        return result
-    exact = await _declared(connection, [q.name for q in listed])
-    merged = {}
-    for q in listed:
-        ready, consumers = exact.get(q.name, (q.ready, q.consumers))
-        merged[q.name] = QueueInfo(q.name, ready, q.unacked, consumers)
-    return _from_listing(names, merged)
+    else:
+        exact = await _declared(connection, [q.name for q in listed])
+        merged = {}
+        for q in listed:
+            ready, consumers = exact.get(q.name, (q.ready, q.consumers))
+            merged[q.name] = QueueInfo(q.name, ready, q.unacked, consumers)
+        result = _from_listing(names, merged)
+    rows = []
+    for row in result.consumers:
+        oldest = await ages.oldest(connection, row.dead) if ages is not None else None
+        rows.append(replace(row, rates=(rates or {}).get(row.name), oldest_dead=oldest))
+    result.consumers = rows
+    return result
+
+
+class DeadAges:
+    """The oldest dead letter of each `.dead` queue, read again only when it may have changed.
+
+    A quorum queue cannot be read in place, so finding the oldest letter is a sweep of
+    the whole queue. Letters arrive newest last, so while a queue only grows its oldest
+    stays; it is read again when the queue shrank (a replay, a discard), was empty, or
+    after `FRESH` seconds. Queues over `LIMIT` letters are not swept for it.
+    """
+
+    FRESH = 60.0
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._known: dict[str, tuple[int, datetime | None, float]] = {}
+
+    async def oldest(self, connection: AbstractConnection, dead: Depth) -> datetime | None:
+        count = dead.ready or 0
+        if count == 0 or count > self.LIMIT:
+            self._known.pop(dead.name, None)
+            return None
+        now = time.monotonic()
+        known = self._known.get(dead.name)
+        if known is not None and known[0] <= count and now - known[2] < self.FRESH:
+            return known[1]
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            found = await letters.oldest_failure(channel, dead.name)
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+        self._known[dead.name] = (count, found, now)
+        return found
+
+
+_DELAY = re.compile(r"\.retry\.(\d+)(ms|s)$")
+
+
+def delay_order(queue: str) -> tuple[float, str]:
+    """Sorts retry queues by their delay: 5s, 30s, 120s, 600s, 1800s (not as text)."""
+    found = _DELAY.search(queue)
+    if found is None:
+        return (float("inf"), queue)
+    number = int(found.group(1))
+    return (number / 1000 if found.group(2) == "ms" else float(number), queue)
 
 
 def _depth(info: QueueInfo | None, name: str) -> Depth:
@@ -96,7 +172,9 @@ def _from_listing(names: BusNames, queues: dict[str, QueueInfo]) -> Overview:
         own = ConsumerQueues(names.prefix, consumer)
         retry = own.main + ".retry."
         retries = tuple(
-            _depth(queues[name], name) for name in sorted(queues) if name.startswith(retry)
+            _depth(queues[name], name)
+            for name in sorted(queues, key=delay_order)
+            if name.startswith(retry)
         )
         rows.append(
             ConsumerRow(
@@ -155,7 +233,11 @@ async def _from_amqp(connection: AbstractConnection, names: BusNames) -> Overvie
     for consumer, entry in entries.items():
         own = ConsumerQueues(names.prefix, consumer)
         retries = tuple(
-            [await depth(q) for q in sorted(entry.queues) if q.startswith(own.main + ".retry.")]
+            [
+                await depth(q)
+                for q in sorted(entry.queues, key=delay_order)
+                if q.startswith(own.main + ".retry.")
+            ]
         )
         rows.append(ConsumerRow(consumer, await depth(own.main), await depth(own.dead), retries))
     return Overview(rows, await depth(names.unrouted), await depth(names.invalid))

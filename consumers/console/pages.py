@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp_jinja2
 import aiormq
@@ -16,21 +17,27 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiohttp import web
 
 from consumers.console import history, letters
+from consumers.console.activity import Activity
 from consumers.console.context import CONTEXT, NAME, base, checked_form, context_of, page_number
 from consumers.console.letters import Filter, Letter
 from consumers.console.management import Management
-from consumers.console.overview import overview
+from consumers.console.overview import DeadAges, Overview, overview
+from consumers.console.receivers import Receivers
 from consumers.console.security import Guard, Handler
 from consumers.console.settings import ConsoleSettings
+from consumers.console.times import age, when, when_unix
 from consumers.operations.reroute import reroute
 from consumers.topology import ConsumerQueues
 from service.shared import brokers
 from service.shared.bus import BusNames
+from service.shared.supervise import keep_running
+from service.shared.supervise import stop as stop_task
 
 log = structlog.get_logger("consumers.console")
 
 HERE = Path(__file__).parent
 _KEY = re.compile(r"[0-9a-f]{24}")
+ICON = "image/svg+xml"
 
 
 class Broker:
@@ -72,7 +79,10 @@ def _key(request: web.Request) -> str:
 
 
 def _filter(values: Any) -> Filter:
-    return Filter(str(values.get("event", ""))[:200], str(values.get("error", ""))[:200])
+    def value(name: str) -> str:
+        return str(values.get(name, "")).strip()[:200]
+
+    return Filter(value("event"), value("error"), value("id"), value("tenant"))
 
 
 async def _swept(
@@ -100,17 +110,26 @@ async def _found(request: web.Request, queue: str) -> Letter:
     return letter
 
 
+async def _overview(request: web.Request) -> Overview:
+    ctx = context_of(request)
+    connection = await ctx["broker"].connection()
+    rates = ctx["activity"].rates()
+    return await overview(ctx["management"], connection, ctx["names"], rates, ctx["ages"])
+
+
 @aiohttp_jinja2.template("overview.html")
 async def overview_page(request: web.Request) -> dict[str, Any]:
     ctx = context_of(request)
-    shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
-    return base(request, overview=shown)
+    shown = await _overview(request)
+    return base(request, overview=shown, reporting=ctx["activity"].following)
 
 
 async def overview_json(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    shown = await overview(ctx["management"], await ctx["broker"].connection(), ctx["names"])
-    return web.json_response(shown.as_json())
+    shown = await _overview(request)
+    receivers = context_of(request)["receivers"]
+    return web.json_response(
+        {**shown.as_json(), "troubled": [state.url for state in receivers.troubled]}
+    )
 
 
 @aiohttp_jinja2.template("dead.html")
@@ -160,7 +179,10 @@ async def replay(request: web.Request) -> web.Response:
     count = await _act(request, queues.dead, ("move", queues.main), form)
     log.info("console replayed dead letters", consumer=queues.consumer, count=count)
     done = "replayed" if count or form.get("scope") != "one" else "gone"
-    raise web.HTTPSeeOther(f"/consumers/{queues.consumer}?done={done}&n={count}")
+    # Back to the page as the operator had it: the same filter.
+    kept = {k: v for k, v in _filter(form).query().items() if v}
+    query = urlencode({**kept, "done": done, "n": count})
+    raise web.HTTPSeeOther(f"/consumers/{queues.consumer}?{query}")
 
 
 async def discard(request: web.Request) -> web.Response:
@@ -230,29 +252,49 @@ async def broker_trouble(request: web.Request, handler: Handler) -> web.StreamRe
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    ctx = app[CONTEXT]
+    # The first answers before the first page, bounded: a page never waits on a receiver.
+    await ctx["receivers"].poll()
+    tasks = [
+        keep_running("console-receivers", ctx["receivers"].poll_forever),
+        keep_running("console-activity", ctx["activity"].follow),
+    ]
     yield
-    await app[CONTEXT]["broker"].close()
+    for task in tasks:
+        await stop_task(task)
+    await ctx["broker"].close()
+
+
+async def favicon(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(HERE / "static" / "favicon.svg", headers={"Content-Type": ICON})
 
 
 def build(settings: ConsoleSettings) -> web.Application:
     """The console application for `settings`."""
     guard = Guard(settings.user, settings.password.value)
     app = web.Application(middlewares=[guard.middleware, broker_trouble], client_max_size=64 * 1024)
+    broker = Broker(settings.worker.amqp_url.value)
+    names = BusNames(settings.worker.bus_prefix)
     app[CONTEXT] = {
         "settings": settings,
         "guard": guard,
-        "names": BusNames(settings.worker.bus_prefix),
-        "broker": Broker(settings.worker.amqp_url.value),
+        "names": names,
+        "broker": broker,
         "management": Management(settings.management_url.value, settings.worker.vhost),
+        "receivers": Receivers(settings.receivers),
+        "activity": Activity(broker.connection, names),
+        "ages": DeadAges(),
     }
-    aiohttp_jinja2.setup(
+    templates = aiohttp_jinja2.setup(
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=jinja2.select_autoescape(default=True),
         undefined=jinja2.StrictUndefined,
     )
+    templates.filters.update(when=when, age=age, when_unix=when_unix)
     app.cleanup_ctx.append(_lifetime)
     app.router.add_get("/", overview_page)
+    app.router.add_get("/favicon.ico", favicon)
     app.router.add_get("/overview.json", overview_json)
     app.router.add_get("/consumers/{name}", dead_page)
     app.router.add_get("/consumers/{name}/letters/{key}", letter_page)

@@ -86,8 +86,12 @@ class Guard:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.authenticated(request.headers.get("Authorization")):
-            log.warning("console authentication failed", remote=request.remote, path=request.path)
+        sent = request.headers.get("Authorization")
+        if not self.authenticated(sent):
+            # A browser always asks first without credentials: routine. Wrong ones are not.
+            say = log.info if sent is None else log.warning
+            what = "asked for credentials" if sent is None else "authentication failed"
+            say(f"console {what}", remote=request.remote, path=request.path)
             response: web.StreamResponse = web.Response(
                 status=401,
                 text="authentication required\n",

@@ -29,6 +29,8 @@ class ConsoleSettings:
     page_size: int = 50
     # None without HISTORY_DATABASE_URL: the History page says how to have one.
     history: HistorySettings | None = None
+    # Base URLs of receivers whose /readyz every page reflects.
+    receivers: tuple[str, ...] = ()
 
     @property
     def management_display(self) -> str:
@@ -41,6 +43,7 @@ class ConsoleSettings:
             self.password.value,
             *url_passwords(self.management_url.value),
             *(url_passwords(self.history.database_url.value) if self.history else ()),
+            *(p for url in self.receivers for p in url_passwords(url)),
         )
 
     @classmethod
@@ -78,7 +81,27 @@ class ConsoleSettings:
                 if env.database_url("HISTORY_DATABASE_URL") is not None
                 else None
             ),
+            receivers=receiver_urls(env.text("CONSOLE_RECEIVERS", "")),
         )
+
+
+def receiver_urls(value: str) -> tuple[str, ...]:
+    """CONSOLE_RECEIVERS: comma-separated http(s) base URLs; `SettingsError` names a bad one."""
+    urls = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        url = URL(item)
+        if url.scheme not in ("http", "https") or not url.host:
+            shown = str(url.with_user(None).with_query(None))
+            raise SettingsError(
+                "CONSOLE_RECEIVERS",
+                f"{shown!r} is not an http:// or https:// URL with a host"
+                " (comma-separated base URLs, such as http://127.0.0.1:8080)",
+            )
+        urls.append(item)
+    return tuple(urls)
 
 
 def derived_management_url(amqp_url: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections import Counter as Tally
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -51,9 +52,12 @@ class WorkerMetrics:
         )
         self._messages = children(self.messages)
         self._handle_seconds = children(self.handle_seconds)
+        # Totals by consumer and outcome, for the reports the console reads.
+        self.tally: Tally[tuple[str, str]] = Tally()
 
     def handled(self, consumer: str, routing_key: str, outcome: str, seconds: float) -> None:
         self._messages(consumer, self.routing_key(routing_key), outcome).inc()
+        self.tally[consumer, outcome] += 1
         self._handle_seconds(consumer).observe(seconds)
 
 

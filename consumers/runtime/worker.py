@@ -40,6 +40,7 @@ from consumers.runtime.failures import (
     retry_delay,
 )
 from consumers.runtime.metrics import WorkerMetrics, serve_metrics
+from consumers.runtime.reports import Reporter, keep_reporting
 from consumers.runtime.returns import Returns
 from consumers.runtime.session import Session, open_session
 from consumers.runtime.settling import STEP_TIMEOUT, bounded, quietly, settle
@@ -108,6 +109,9 @@ class Worker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._copies = Copies()
         self.metrics = WorkerMetrics()
+        self._reporter = Reporter(
+            self._names, tuple(c.name for c in self._consumers), self.metrics.tally
+        )
         self._log = bound_logger("consumers.worker")
         self.ready = asyncio.Event()
         self._once: Patience | None = None
@@ -163,9 +167,14 @@ class Worker:
                 )
                 event = "worker reconnected"
                 self.ready.set()
-                await _first(stop.wait(), session.lost())
+                reporting = asyncio.create_task(keep_reporting(self._reporter, session.publishing))
+                try:
+                    await _first(stop.wait(), session.lost())
+                finally:
+                    await stop_task(reporting)
                 if stop.is_set():
                     await self._stop_running(running)
+                    await bounded(self._reporter.last_word(session.publishing), "report")
                     break
                 # What is in flight cannot be settled on the lost channels: the broker
                 # hands those messages out again.
