@@ -14,7 +14,8 @@ from service.http.server import serve
 from service.observability.logs import configure_logging
 from service.settings import Settings
 from service.shared.errors import ListenFailed, SettingsError
-from service.simulate import KNOWN_EVENTS, Credential, simulate
+from service.shared.samples import KNOWN_EVENTS
+from service.simulate import Credential, simulate
 from service.spool import command as parked_command
 from service.spool.segments import SpoolUnusable
 

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import itertools
 import json
-import random
 import statistics
 import time
 import uuid
@@ -22,32 +21,8 @@ from pathlib import Path
 import aiohttp
 from tqdm import tqdm
 
-KNOWN_EVENTS = (
-    "talent_created", "talent_saved", "talent_merged", "talent_submitted", "talent_login_created",
-    "contact_created", "contact_updated",
-    "company_updated", "company_address_created", "company_address_updated", "company_tag_added",
-    "company_tag_deleted", "company_statuses_updated",
-    "branch_created",
-    "job_created", "job_updated", "job_discount_updated", "VMS_job_created", "VMS_job_declined",
-    "placement_started", "placement_updated", "placement_extension_deleted",
-    "placement_end_reasons_updated",
-    "skillpositions_saved",
-)  # fmt: skip
-# A generated event's ids, where Avionté shows them: its samples (tests/fixtures/avionte),
-# and its note that VMS_job_created carries JobId. Any other known event carries its
-# entity's `<Kind>Id`, like the documented `{"PlacementId":86635, ...}`.
-# `consumers.avionte` reads the same fields.
-SHOWN_IDS: dict[str, tuple[str, ...]] = {
-    "talent_created": ("Id",),
-    "talent_merged": ("GoodTalentId", "BadTalentId"),
-    "contact_updated": ("Id",),
-    "company_updated": ("Id",),
-    "company_address_created": ("CompanyId", "AddressId"),
-    "placement_started": ("PlacementId", "PlacementExtensionId", "JobId"),
-    "placement_updated": ("PlacementId", "PlacementExtensionId"),
-    "VMS_job_created": ("JobId",),
-    "VMS_job_declined": ("JobId",),
-}
+from service.shared.samples import encoded, made_up_event
+
 # Seconds before each retry, in minutes: at once, after a minute, at once; then give up.
 RETRY_SCHEDULE = (0.0, 1.0, 0.0)
 
@@ -94,15 +69,6 @@ class Summary:
         )
 
 
-def resource_ids(event_name: str) -> tuple[str, ...]:
-    """The id fields a generated `event_name` carries in its Resource."""
-    if event_name in SHOWN_IDS:
-        return SHOWN_IDS[event_name]
-    if event_name in KNOWN_EVENTS:
-        return (f"{event_name.split('_')[0].capitalize()}Id",)
-    return ("Id",)
-
-
 def bodies(events: Sequence[str] | None, fixtures: Path | None) -> Iterator[bytes]:
     """Endless deliveries, each with a fresh CorrelationId: the fixtures, or generated events."""
     if not events:
@@ -111,20 +77,9 @@ def bodies(events: Sequence[str] | None, fixtures: Path | None) -> Iterator[byte
         if not templates:
             raise ValueError(f"no *.json fixtures in {fixtures}")
         for template in itertools.cycle(templates):
-            yield json.dumps({**template, "CorrelationId": str(uuid.uuid4())}).encode()
+            yield encoded({**template, "CorrelationId": str(uuid.uuid4())})
     for name in itertools.cycle(events or ()):
-        correlation_id = str(uuid.uuid4())
-        ids = {field: random.randint(1, 10**6) for field in resource_ids(name)}  # noqa: S311
-        resource = {**ids, "CorrelationId": correlation_id}
-        yield json.dumps(
-            {
-                "EventName": name,
-                "FrontOfficeTenantId": 1,
-                "Resource": json.dumps(resource),
-                "ResourceModelType": "Avionte.Commons.CompasEventModel.ResourceModel",
-                "CorrelationId": correlation_id,
-            }
-        ).encode()
+        yield encoded(made_up_event(name))
 
 
 async def _deliver(

@@ -17,7 +17,8 @@ from consumers.avionte import entity_of
 from consumers.topology import ConsumerQueues
 from service.http.app import WEBHOOK_PATH
 from service.shared.envelope import routing_key
-from service.simulate import KNOWN_EVENTS, bodies
+from service.shared.samples import KNOWN_EVENTS
+from service.simulate import bodies
 from tests.conftest import WorkerFactory
 from tests.receivers import SpawnReceiver
 from tests.support import API_KEYS, BusView

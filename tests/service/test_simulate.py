@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.__main__ import main
 from service.http.app import WEBHOOK_PATH, create_app
-from service.simulate import KNOWN_EVENTS, Credential, Summary, simulate
+from service.shared.samples import KNOWN_EVENTS
+from service.simulate import Credential, Summary, simulate
 from tests.fakes import MemoryPublisher
 from tests.support import API_KEYS, FIXTURES, SHARED_SECRETS, receiver_settings
 

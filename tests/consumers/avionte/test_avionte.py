@@ -28,7 +28,8 @@ from consumers.avionte.limiter import WINDOW
 from consumers.event import parse_resource
 from consumers.topology import ConsumerQueues
 from service.shared.envelope import parse, routing_key
-from service.simulate import KNOWN_EVENTS, bodies
+from service.shared.samples import KNOWN_EVENTS
+from service.simulate import bodies
 from tests.fake_avionte import (
     API_KEY,
     CLIENT_SECRET,
