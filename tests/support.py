@@ -167,6 +167,7 @@ class BusView:
             self.names.invalid,
             registry,
             f"{self.names.prefix}.registry",  # where earlier versions kept it
+            f"{self.names.prefix}.stats.log",  # every worker's reports, for the console
             *sorted(self._extra_queues),
         ):
             await self.channel.queue_delete(queue)

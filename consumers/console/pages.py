@@ -86,15 +86,25 @@ def _filter(values: Any) -> Filter:
 
 
 async def _swept(
-    request: web.Request, queue: str, chosen: Filter, keep_through: str = ""
+    request: web.Request,
+    queue: str,
+    chosen: Filter,
+    keep_through: str = "",
+    missing: web.HTTPException | None = None,
 ) -> dict[str, Any]:
+    """A page of `queue`; a queue not there is empty, or `missing` when that is an error."""
     ctx = context_of(request)
     page, size = page_number(request), ctx["settings"].page_size
     channel = await ctx["broker"].channel()
     try:
         listing = await letters.listing(channel, queue, chosen, page, size, keep_through)
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        if missing is not None:
+            raise missing from None
+        listing = letters.Listing()  # not declared yet: nothing was ever held there
     finally:
-        await channel.close()
+        if not channel.is_closed:
+            await channel.close()
     pages = max(1, -(-listing.matching // size))
     return {"listing": listing, "page": page, "pages": pages, "chosen": chosen}
 
@@ -140,7 +150,13 @@ async def dead_page(request: web.Request) -> dict[str, Any]:
         request,
         consumer=queues.consumer,
         queue=queues.dead,
-        **await _swept(request, queues.dead, chosen),
+        **await _swept(request, queues.dead, chosen, missing=_no_consumer(queues)),
+    )
+
+
+def _no_consumer(queues: ConsumerQueues) -> web.HTTPNotFound:
+    return web.HTTPNotFound(
+        text=f"no consumer {queues.consumer} under prefix {queues.prefix}: it has no queues\n"
     )
 
 
