@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -97,6 +98,14 @@ async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
         assert await answers("http://127.0.0.1:8090/") == 401
         auth = {"Authorization": aiohttp.encode_basic_auth("operator", "dev-console-password")}
         assert await answers("http://127.0.0.1:8090/", headers=auth) == 200
+        # The console watches the local receiver, and counts what the example handled.
+        overview: dict[str, Any] = {}
+        async with asyncio.timeout(30), aiohttp.ClientSession(headers=auth) as session:
+            while (overview.get("activity", {}).get("audit-log") or {}).get("handled") != 1:
+                await asyncio.sleep(0.5)
+                async with session.get("http://127.0.0.1:8090/overview.json") as response:
+                    overview = await response.json()
+        assert overview["troubled"] == []
     finally:
         if make.returncode is None:
             os.killpg(make.pid, signal.SIGINT)  # Ctrl-C, as the README says

@@ -110,7 +110,6 @@ async def test_the_overview_shows_every_consumer_queue_and_its_counts_follow(
         await expect(dead_cell).to_have_text(str(LETTERS))
         await expect(page.locator('tr[data-consumer="billing-sync"]')).to_be_visible()
         await expect(page.locator('[data-queue$=".unrouted"]')).to_have_text("0")
-        await page.screenshot(path=str(_shots(tmp_path) / "console-overview.png"), full_page=True)
 
         # A new dead letter, and the count follows without a reload.
         await bus.channel.default_exchange.publish(
