@@ -44,7 +44,7 @@ _TARGETS = {
     "dead": "picky",
     "replay": "picky",
     "console-replay": "picky",
-    "console-look": "3 pages",
+    "console-look": "4 pages",
     "reroute": "unrouted",
     "console-reroute": "unrouted",
 }
@@ -73,7 +73,7 @@ async def _console(system: System, what: str) -> str:
     try:
         async with aiohttp.ClientSession(auth=auth, timeout=timeout) as session:
             if what == "console-look":
-                for path in ("/", "/consumers/picky", "/unrouted"):
+                for path in ("/", "/overview.json", "/consumers/picky", "/unrouted"):
                     async with session.get(base + path) as response:
                         statuses.append(str(response.status))
             else:

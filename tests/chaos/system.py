@@ -140,6 +140,9 @@ class System:
                 "AMQP_URL": self.amqp_url,
                 "CONSOLE_PASSWORD": PASSWORD,
                 "CONSOLE_PORT": "0",
+                "CONSOLE_RECEIVERS": ",".join(
+                    f"http://127.0.0.1:{slot.port}" for slot in self.receivers
+                ),
                 "LOG_FORMAT": "json",
             },
         )
