@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Test processes side by side: most tests wait on the broker, not on a core.
+TEST_PROCESSES ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest faults chaos bench docs docs-serve rabbitmq postgres venv clean
@@ -38,7 +40,7 @@ pytest: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
 	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
 	@deploy/local/ensure-chromium --install >/dev/null
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_PROCESSES) --dist loadgroup
 
 faults: venv
 	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"

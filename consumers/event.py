@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 ATTEMPT = "x-attempt"
 ROUTING_KEY = "x-routing-key"
+# A failed copy's traceback (`consumers.runtime.failures.traceback_text`).
+TRACEBACK = "x-error-traceback"
+# How many times a dead letter was replayed (`consumers.operations.dead.fresh_copy`).
+REPLAYS = "x-replays"
 # Headers the broker adds on dead-lettering; a copy's own x- headers tell the story instead.
 BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-", "x-delivery-count")
 

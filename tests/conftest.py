@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import socket
 import ssl
 import sys
@@ -40,7 +41,13 @@ from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
-SUITE_LOG = Path(__file__).resolve().parent.parent / ".test-logs" / "suite.log"
+# One log per process of the suite: with `pytest -n`, each worker writes its own.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+SUITE_LOG = (
+    Path(__file__).resolve().parent.parent
+    / ".test-logs"
+    / (f"suite-{_WORKER}.log" if _WORKER else "suite.log")
+)
 
 
 class _Tee(io.BufferedIOBase):
@@ -67,8 +74,19 @@ def pytest_configure(config: pytest.Config) -> None:
     configure_logging("debug", "json", stream=cast(BinaryIO, _Tee(SUITE_LOG)))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Stop at once, with the port named, when a test of the defaults cannot have its ports."""
+    """Stop at once, with the port named, when a test of the defaults cannot have its ports.
+
+    With `pytest -n 2 --dist loadgroup` (`make test`) a module's tests run in one worker,
+    so its module fixtures (a database, a node of its own) are made once; the tests of
+    the defaults all run in one worker, one at a time. Every worker checks the ports as
+    it collects, and no test starts before every worker has collected.
+    """
+    for item in items:
+        default = item.get_closest_marker("default_ports") is not None
+        module = item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group("default-ports" if default else module))
     wanted = sorted(
         {
             port

@@ -7,17 +7,20 @@ from dataclasses import dataclass, field
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+from pamqp.common import FieldTable
 
-from consumers.event import ATTEMPT, BROKER_HEADERS, ROUTING_KEY, copy_of
+from consumers.event import ATTEMPT, BROKER_HEADERS, REPLAYS, ROUTING_KEY, TRACEBACK, copy_of
 from consumers.operations.transfer import peek, transfer
 from consumers.topology import ConsumerQueues
 
-# Headers that belong to one run through the retries; a replay starts afresh.
+# Headers that belong to one run through the retries; a replay starts afresh. (A copy
+# keeps `x-replays`, the count of replays, which each replay raises by one.)
 ATTEMPT_HEADERS = (
     ATTEMPT,
     "x-attempts",
     "x-error-type",
     "x-error-message",
+    TRACEBACK,
     "x-first-failure-at",
     "x-last-failure-at",
     *BROKER_HEADERS,
@@ -100,9 +103,21 @@ def original_routing_key(message: AbstractIncomingMessage) -> str:
     return message.routing_key or ""
 
 
-def fresh_copy(message: AbstractIncomingMessage) -> aio_pika.Message:
-    """A copy of a held message for its consumer's queue: same event, attempts started over."""
-    return copy_of(message, {ROUTING_KEY: original_routing_key(message)}, ATTEMPT_HEADERS)
+def replays_of(message: AbstractIncomingMessage) -> int:
+    """How many times this letter was replayed before (`x-replays`), 0 if never."""
+    count = (message.headers or {}).get(REPLAYS)
+    return count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+
+
+def fresh_copy(message: AbstractIncomingMessage, *, replay: bool = True) -> aio_pika.Message:
+    """A copy of a held message for its consumer's queue: same event, attempts started over.
+
+    A `replay` counts itself in `x-replays`; a message only moved keeps the count it had.
+    """
+    extra: FieldTable = {ROUTING_KEY: original_routing_key(message)}
+    if replay:
+        extra[REPLAYS] = replays_of(message) + 1
+    return copy_of(message, extra, ATTEMPT_HEADERS)
 
 
 async def inspect_dead(
@@ -138,22 +153,28 @@ async def replay_dead(channel: AbstractChannel, queues: ConsumerQueues, limit: i
 
     Each is acked on `.dead` only after the broker confirmed its copy.
     """
-    return await move_messages(channel, queues.dead, queues.main, limit)
+    return await move_messages(channel, queues.dead, queues.main, limit, replay=True)
 
 
 async def move_messages(
-    channel: AbstractChannel, source: str, target: str, limit: int | None = None
+    channel: AbstractChannel,
+    source: str,
+    target: str,
+    limit: int | None = None,
+    *,
+    replay: bool = False,
 ) -> int:
     """Move up to `limit` messages from queue `source` to queue `target`, afresh.
 
-    Each copy keeps the event's routing key and id and starts its attempts over; the
-    original is acked only after the broker confirmed the copy. Only what `source` holds
-    now is moved: one that fails at once and comes back does not keep this going.
+    Each copy keeps the event's routing key and id and starts its attempts over; a
+    `replay` also counts itself (`fresh_copy`). The original is acked only after the
+    broker confirmed the copy. Only what `source` holds now is moved: one that fails at
+    once and comes back does not keep this going.
     """
 
     async def move(message: AbstractIncomingMessage) -> None:
         await channel.default_exchange.publish(
-            fresh_copy(message), routing_key=target, mandatory=True
+            fresh_copy(message, replay=replay), routing_key=target, mandatory=True
         )
 
     return await transfer(channel, source, limit, move)

@@ -135,3 +135,16 @@ def redact_also(*secrets: str) -> None:
 def forget_redactors() -> None:
     """Logging is being configured anew: the old processors are no longer used."""
     _ACTIVE.clear()
+
+
+def redact(text: str) -> str:
+    """`text` with every secret a log line would mask replaced by `MASK`.
+
+    For text that leaves the process another way, such as a dead letter's traceback: the
+    secrets logging was configured with (`configure_logging(redact=...)`) and those
+    learnt since (`redact_also`), masked exactly as in a log line.
+    """
+    maskers = [processor._mask for processor in _ACTIVE] or [Masker(_LEARNT)]
+    for mask in maskers:
+        text = mask(text)
+    return text
