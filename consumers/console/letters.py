@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from consumers.event import parse_resource
+from consumers.event import REPLAYS, TRACEBACK, parse_resource
 from consumers.operations.dead import error_of, fresh_copy, original_routing_key
 from consumers.operations.transfer import exact_copy, transfer
 from service.shared.text import safe_text
@@ -30,8 +30,6 @@ from service.shared.text import safe_text
 Fate = Literal["keep", "drop"] | tuple[Literal["move", "publish"], str]
 
 _locks: dict[str, asyncio.Lock] = {}
-REPLAYS = "x-replays"
-TRACEBACK = "x-error-traceback"
 TRACEBACK_SHOWN = 8192  # the worker keeps at most 4 KiB; text of a stranger's, cut
 
 
