@@ -1,16 +1,17 @@
-"""The worker: runs consumers in one process and decides every message's fate in one place.
+"""The worker: runs consumers in one process and carries out every message's fate.
 
-A message is acked only after its handlers return. A handler that raises sends a
-copy to the retry queue for its attempt, which dead-letters it back after the
-delay; after the last attempt, or on `Reject`, the copy goes to `.dead`. The copy
-is confirmed by the broker before the original is acked, so no path loses it.
+The fate is decided in one place, `consumers.runtime.fate`. A message is acked only
+after its handlers return. A handler that raises sends a copy to the retry queue for
+its attempt, which dead-letters it back after the delay; after the last attempt, or on
+`Reject`, the copy goes to `.dead`. The copy is confirmed by the broker before the
+original is acked, so no path loses it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
+import functools
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -26,19 +27,14 @@ from aio_pika.abc import (
     AbstractQueue,
 )
 
-from consumers.consumer import Consumer, Route, check_unique
-from consumers.dedupe import Claim, Patience, open_store
-from consumers.event import ATTEMPT, Event, attempt_of, event_from, routing_key_of
+from consumers.consumer import Consumer, check_unique
+from consumers.dedupe import Patience, open_store
+from consumers.event import ATTEMPT, attempt_of, event_from, routing_key_of
 from consumers.operations.registry import enrol
 from consumers.runtime import resources
 from consumers.runtime.copies import Copies
-from consumers.runtime.failures import (
-    NoHandler,
-    failure_headers,
-    rejection,
-    requeue_pause,
-    retry_delay,
-)
+from consumers.runtime.failures import failure_headers, requeue_pause
+from consumers.runtime.fate import SETTLED, Call, decide, direct
 from consumers.runtime.metrics import WorkerMetrics, serve_metrics
 from consumers.runtime.reports import Reporter, keep_reporting
 from consumers.runtime.returns import Returns
@@ -364,98 +360,34 @@ class Worker:
                 "rejected",
             )
         event = event_from(message, envelope, routing_key, attempt)
-        message_id = event.message_id
         structlog.contextvars.bind_contextvars(
             event_name=event.name, routing_key=routing_key, tenant_id=event.tenant_id
         )
-        routes = running.consumer.routes_for(routing_key)
-        taken = [route for route in routes if route.takes(event.tenant_id)]
-        if routes and not taken:  # no handler takes this tenant
+        fate = await decide(running.consumer, event, once=running.once, call=self._call(running))
+        if fate.outcome in SETTLED:
             await settle(message.ack())
-            return "filtered"
-        claim = None
-        if running.once is not None and taken:
-            claim = await running.once.claim(running.consumer.name, message_id)
-            if claim is None:  # a handling of this id succeeded already
-                await settle(message.ack())
-                return "duplicate"
-            event = dataclasses.replace(event, claim=claim)
-        failure = await self._call(running, event, taken, claim)
-        if failure is None:
-            if running.once is not None and claim is not None and not claim.done:
-                await running.once.finish(claim)
-            await settle(message.ack())
-            return "ok"
-        return await self._failed(running, message, message_id, routing_key, attempt, failure)
-
-    async def _call(
-        self, running: _Running, event: Event, taken: list[Route], claim: Claim | None
-    ) -> BaseException | None:
-        """Run the handlers; return what one raised, or None. A failed claim is released."""
-        keeping = None
-        succeeded: list[str] = []
-        if running.once is not None and claim is not None:
-            # Handlers that succeeded on an earlier attempt do not run again.
-            taken = [route for route in taken if route.name not in claim.handled]
-            claim.pending = {route.name for route in taken}
-            keeping = asyncio.create_task(running.once.keep(claim))
-        try:
-            if not taken and claim is None:
-                # During a rolling deploy another replica may know this pattern: retry.
-                name = running.consumer.name
-                raise NoHandler(f"no handler of {name!r} matches {event.routing_key!r}")
-            for route in taken:
-                if claim is not None:
-                    claim.current = route.name
-                if self._spans is None:
-                    await route.handler(event)
-                else:
-                    await self._spans.call(
-                        self._tracer, running.consumer.name, route.handler, event
-                    )
-                if claim is not None:
-                    claim.pending.discard(route.name)
-                    succeeded.append(route.name)
-        except (Exception, asyncio.CancelledError) as failure:
-            task = asyncio.current_task()
-            if isinstance(failure, asyncio.CancelledError) and task and task.cancelling():
-                raise  # the worker itself is cancelling the handler
-            if self._spans is not None:
-                self._spans.failed(failure)
-            if running.once is not None and claim is not None:
-                await running.once.release(claim, succeeded)
-            return failure
-        finally:
-            if keeping is not None:
-                keeping.cancel()
-        return None
-
-    async def _failed(
-        self,
-        running: _Running,
-        message: AbstractIncomingMessage,
-        message_id: str,
-        routing_key: str,
-        attempt: int,
-        failure: BaseException,
-    ) -> str:
-        """Retry the message, or dead-letter it: after the last attempt, or on `Reject`."""
-        if rejected := rejection(failure):
+            return fate.outcome
+        assert fate.failure is not None
+        if self._spans is not None:
+            self._spans.failed(fate.failure)
+        if fate.outcome != "rejected":
+            error_type = type(fate.failure).__name__
+            quietly(log.warning, "handler failed", error_type=error_type, exc_info=fate.failure)
+        if fate.delay is None:
             return await self._dead(
-                running, message, message_id, routing_key, attempt, rejected, "rejected"
+                running, message, event.message_id, routing_key, attempt, fate.failure, fate.outcome
             )
-        error_type = type(failure).__name__
-        quietly(log.warning, "handler failed", error_type=error_type, exc_info=failure)
-        delays = running.consumer.retry_delays
-        if attempt > len(delays):
-            return await self._dead(
-                running, message, message_id, routing_key, attempt, failure, "dead"
-            )
-        extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
+        extra = failure_headers(running.consumer.name, message, routing_key, attempt, fate.failure)
         extra[ATTEMPT] = attempt + 1
-        target = running.queues.retry(retry_delay(delays, attempt, failure))
-        forwarded = await self._copies.forward(message, message_id, target, extra)
+        target = running.queues.retry(fate.delay)
+        forwarded = await self._copies.forward(message, event.message_id, target, extra)
         return "retried" if forwarded else "requeued"
+
+    def _call(self, running: _Running) -> Call:
+        """How a handler is called: in a span of its own while tracing is on."""
+        if self._spans is None:
+            return direct
+        return functools.partial(self._spans.call, self._tracer, running.consumer.name)
 
     async def _dead(
         self,
