@@ -94,7 +94,7 @@ async def receive(request: web.Request) -> web.Response:
 
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        ctx.metrics.delivery(outcome, line.get("routing_key"))
+        ctx.metrics.delivery(outcome, line.get("routing_key"), line.get("tenant_id"))
         if ctx.traced:
             request[SPAN_START](False)
             request[OUTCOME] = outcome

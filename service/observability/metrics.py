@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 M = TypeVar("M", bound=MetricWrapperBase)
@@ -14,6 +16,11 @@ M = TypeVar("M", bound=MetricWrapperBase)
 MAX_ROUTING_KEYS = 200
 OTHER = "other"
 NONE = "none"
+# Tenant ids come from the outside as well: past this many, the rest share `other`.
+MAX_TENANTS = 200
+# The tenant label of an accepted event that names no tenant (no x-tenant-id header).
+UNKNOWN_TENANT = "unknown"
+ACCEPTED = "accepted"
 
 
 class LabelCap:
@@ -48,6 +55,34 @@ def children(metric: M) -> Callable[..., M]:
         return found
 
     return child
+
+
+class LastAccepted:
+    """`relay_last_accepted_timestamp_seconds{tenant}`: when each tenant's last event was accepted.
+
+    A delivery costs one dict lookup and one store, with no lock and no label lookup: the
+    samples are made when scraped. Tenants past `limit` share the tenant `other`.
+    """
+
+    name = "relay_last_accepted_timestamp_seconds"
+    documentation = "Unix time of the last accepted delivery, by tenant (x-tenant-id)."
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._times: dict[int | str | None, float] = {}
+
+    def mark(self, tenant: int | None) -> None:
+        times = self._times
+        times[tenant if tenant in times or len(times) < self.limit else OTHER] = time.time()
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(self.name, self.documentation, labels=["tenant"])
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self.name, self.documentation, labels=["tenant"])
+        for tenant, when in list(self._times.items()):
+            family.add_metric([UNKNOWN_TENANT if tenant is None else str(tenant)], when)
+        yield family
 
 
 class ReceiverMetrics:
@@ -122,9 +157,14 @@ class ReceiverMetrics:
         )
         self.drain_failure = children(self.spool_drain_failures)
         self.restart = children(self.restarts)
+        self.last_accepted = LastAccepted(MAX_TENANTS)
+        self.registry.register(self.last_accepted)
 
-    def delivery(self, outcome: str, routing_key: str | None) -> None:
+    def delivery(self, outcome: str, routing_key: str | None, tenant: int | None = None) -> None:
+        """Count an answered delivery; an accepted one also marks its tenant's last time."""
         self._delivery(outcome, self.routing_key(routing_key)).inc()
+        if outcome == ACCEPTED:
+            self.last_accepted.mark(tenant)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

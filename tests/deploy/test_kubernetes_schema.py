@@ -49,6 +49,7 @@ def validate(doc: Doc) -> None:
         ("keda.sh/v1alpha1", "ScaledObject"): check_scaled_object,
         ("keda.sh/v1alpha1", "TriggerAuthentication"): check_trigger_authentication,
         ("monitoring.coreos.com/v1", "ServiceMonitor"): check_service_monitor,
+        ("monitoring.coreos.com/v1", "PrometheusRule"): check_prometheus_rule,
     }
     check = checks.get((str(doc.get("apiVersion")), str(kind)))
     assert check, f"no schema and no check for {doc.get('apiVersion')} {kind}"
@@ -160,6 +161,51 @@ def check_service_monitor(doc: Doc) -> None:
             {"path", "interval", "scrapeTimeout", "scheme", "honorLabels", "relabelings"},
         )
         assert isinstance(endpoint["port"], str), "ServiceMonitor ports go by name"
+
+
+# The Prometheus Operator's Duration: units from years to milliseconds, largest first.
+DURATION = re.compile(r"0|([0-9]+y)?([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?([0-9]+ms)?")
+
+
+def check_duration(value: Any, where: str) -> None:
+    assert isinstance(value, str), f"{where}: a duration is a string"
+    assert value, f"{where}: an empty duration"
+    assert DURATION.fullmatch(value), f"{where}: {value!r} is not a duration"
+
+
+def check_prometheus_rule(doc: Doc) -> None:
+    """The PrometheusRule CRD's fields: groups of alerting or recording rules."""
+    spec = fields(doc["spec"], "spec", {"groups"}, set())
+    names = [group.get("name") for group in spec["groups"]]
+    assert len(names) == len(set(names)), "group names are unique"
+    for group in spec["groups"]:
+        where = f"group {group.get('name')}"
+        fields(
+            group,
+            where,
+            {"name", "rules"},
+            {"interval", "query_offset", "limit", "partial_response_strategy", "labels"},
+        )
+        assert isinstance(group["name"], str), where
+        assert group["name"], where
+        if "interval" in group:
+            check_duration(group["interval"], where)
+        assert group["rules"], f"{where}: no rules"
+        for rule in group["rules"]:
+            kind = "alert" if "alert" in rule else "record"
+            name = rule.get(kind)
+            place = f"{where} {kind} {name}"
+            optional = {"for", "keep_firing_for", "annotations"} if kind == "alert" else set()
+            fields(rule, place, {kind, "expr"}, {"labels", *optional})
+            assert isinstance(name, str), place
+            assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name), place
+            assert isinstance(rule["expr"], str), place
+            assert rule["expr"].strip(), place
+            for key in ("for", "keep_firing_for"):
+                if key in rule:
+                    check_duration(rule[key], f"{place} {key}")
+            for key in ("labels", "annotations"):
+                assert all(isinstance(v, str) for v in rule.get(key, {}).values()), place
 
 
 MANIFESTS = [

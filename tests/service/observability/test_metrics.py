@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumers import Consumer, Event, Reject
 from consumers.topology import ConsumerQueues
 from service.http.app import WEBHOOK_PATH, create_app
-from service.observability.metrics import MAX_ROUTING_KEYS
+from service.observability.metrics import MAX_ROUTING_KEYS, MAX_TENANTS
 from tests.conftest import ReceiverFactory, WorkerFactory
 from tests.fakes import MemoryPublisher
 from tests.receivers import free_port
@@ -39,8 +40,20 @@ def value(
     return scrape.get((name, frozenset(labels.items())), 0.0)
 
 
-def event(name: str, n: int) -> bytes:
-    return json.dumps({"EventName": name, "CorrelationId": f"{name}-{n}"}).encode()
+def event(name: str, n: int, **fields: Any) -> bytes:
+    return json.dumps({"EventName": name, "CorrelationId": f"{name}-{n}", **fields}).encode()
+
+
+LAST_ACCEPTED = "relay_last_accepted_timestamp_seconds"
+
+
+def last_accepted(scrape: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    """The gauge's value by tenant."""
+    return {
+        dict(labels)["tenant"]: value
+        for (name, labels), value in scrape.items()
+        if name == LAST_ACCEPTED
+    }
 
 
 @pytest.mark.rabbit
@@ -123,12 +136,14 @@ async def test_worker_counts_every_outcome(bus: BusView, run_worker: WorkerFacto
     assert value(scrape, "relay_consumer_in_flight", **labels) == 0
 
 
-async def test_routing_key_labels_stay_capped(
-    aiohttp_client: Callable[..., Awaitable[Client]],
-) -> None:
-    client = await aiohttp_client(
-        create_app(receiver_settings("unit"), publisher=MemoryPublisher())
-    )
+@pytest.fixture
+async def memory_receiver(aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+    """A receiver that stores in memory: no broker, for counting labels."""
+    return await aiohttp_client(create_app(receiver_settings("unit"), publisher=MemoryPublisher()))
+
+
+async def test_routing_key_labels_stay_capped(memory_receiver: Client) -> None:
+    client = memory_receiver
     headers = {"X-api-key": API_KEYS[0]}
     for n in range(10_000):
         body = b'{"EventName": "made_up_event_%d"}' % n
@@ -144,3 +159,57 @@ async def test_routing_key_labels_stay_capped(
     assert value(scrape, "relay_deliveries_total", outcome="accepted", routing_key="other") == (
         10_000 - MAX_ROUTING_KEYS
     )
+
+
+@pytest.mark.rabbit
+async def test_receiver_marks_the_last_accepted_delivery_per_tenant(
+    bus: BusView, start_receiver: ReceiverFactory
+) -> None:
+    """Accepted deliveries set their tenant's time; nothing else moves it or adds a tenant."""
+    client = await start_receiver()
+
+    async def post(body: bytes, headers: dict[str, str] | None = None) -> int:
+        sent = headers or auth_headers("api_key", body)
+        return (await client.post(WEBHOOK_PATH, data=body, headers=sent)).status
+
+    assert last_accepted(samples(await (await client.get("/metrics")).text())) == {}
+    before = time.time()
+    # Front office (FrontOfficeTenantId) and back office (TenantId, as a string) tenants.
+    assert await post(event("placement_updated", 1, FrontOfficeTenantId=6)) == 200
+    assert await post(event("TalentBenefitEvent", 1, TenantId="12")) == 200
+    assert await post(event("placement_updated", 2, FrontOfficeTenantId=6)) == 200
+    assert await post(event("job_created", 1)) == 200
+    after = time.time()
+    marked = last_accepted(samples(await (await client.get("/metrics")).text()))
+    assert set(marked) == {"6", "12", "unknown"}
+    assert all(before <= when <= after for when in marked.values()), marked
+
+    await asyncio.sleep(0.01)
+    # Rejected: a wrong key, a tenant never accepted before, a body that is quarantined.
+    for tenant in (6, 12, 99):
+        body = event("placement_updated", 10 + tenant, FrontOfficeTenantId=tenant)
+        assert await post(body, {"X-api-key": "wrong"}) == 401
+    assert await post(b"not json") == 200
+    # Answered 503, never stored: not accepted either.
+    await bus.channel.queue_delete(bus.names.unrouted)
+    assert await post(event("placement_updated", 3, FrontOfficeTenantId=6)) == 503
+    scrape = samples(await (await client.get("/metrics")).text())
+    assert last_accepted(scrape) == marked
+    total = "relay_deliveries_total"
+    assert value(scrape, total, outcome="unauthorized", routing_key="none") == 3
+    assert value(scrape, total, outcome="unavailable", routing_key="placement.updated") == 1
+
+
+async def test_tenant_labels_stay_capped(memory_receiver: Client) -> None:
+    client = memory_receiver
+    headers = {"X-api-key": API_KEYS[0]}
+    for tenant in range(MAX_TENANTS + 20):
+        body = event("placement_updated", tenant, FrontOfficeTenantId=tenant)
+        assert (await client.post(WEBHOOK_PATH, data=body, headers=headers)).status == 200
+    before = time.time()
+    body = event("placement_updated", 0, FrontOfficeTenantId=MAX_TENANTS + 1000)
+    assert (await client.post(WEBHOOK_PATH, data=body, headers=headers)).status == 200
+    marked = last_accepted(samples(await (await client.get("/metrics")).text()))
+    assert len(marked) == MAX_TENANTS + 1
+    assert set(marked) == {*map(str, range(MAX_TENANTS)), "other"}
+    assert marked["other"] >= before, "a tenant past the cap moves `other`"
