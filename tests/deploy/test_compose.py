@@ -6,6 +6,7 @@ import re
 
 from yarl import URL
 
+from consumers.console.settings import ConsoleSettings
 from consumers.history.settings import DEFAULT_RETENTION_DAYS, HistorySettings
 from consumers.settings import WorkerSettings
 from service.settings import Settings
@@ -31,7 +32,12 @@ def seconds(duration: str) -> float:
 
 def test_env_example_holds_placeholders_only() -> None:
     values = env_example()
-    for name in ("RABBITMQ_PASSWORD", "WEBHOOK_API_KEYS", "WEBHOOK_SHARED_SECRETS"):
+    for name in (
+        "RABBITMQ_PASSWORD",
+        "WEBHOOK_API_KEYS",
+        "WEBHOOK_SHARED_SECRETS",
+        "CONSOLE_PASSWORD",
+    ):
         assert "change-me" in values[name], f"{name} must be an obvious placeholder"
     for value in values.values():
         assert re.fullmatch(r"[A-Za-z0-9._-]*", value), "placeholders need no quoting"
@@ -52,6 +58,7 @@ def test_compose_services_volumes_and_health_checks() -> None:
         "audit-log",
         "placement-sync",
         "history",
+        "console",
     }
     named_volumes = set(doc["volumes"])
 
@@ -86,7 +93,8 @@ def test_compose_services_volumes_and_health_checks() -> None:
         assert env["AMQP_URL"].startswith("amqp://relay:change-me"), name
         test = service["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "-c"], name
-        assert "urllib" in test[3], name
+        # The console asks every request for a password: its check only connects.
+        assert ("socket" if name == "console" else "urllib") in test[3], name
 
     receiver = services["receiver"]
     env = compose_env(receiver)
@@ -113,7 +121,10 @@ def test_compose_services_volumes_and_health_checks() -> None:
     # Secrets come from the env file, never written into compose.yaml itself.
     for service in raw["services"].values():
         for key, value in compose_env(service).items():
-            if any(word in key for word in ("AMQP_URL", "WEBHOOK_", "PASS", "DATABASE_URL")):
+            if any(
+                word in key
+                for word in ("AMQP_URL", "WEBHOOK_", "PASS", "DATABASE_URL", "MANAGEMENT_URL")
+            ):
                 assert "${" in value, f"{key} must come from the env file"
 
 
@@ -125,6 +136,45 @@ def test_compose_settings_are_accepted() -> None:
     for name in ("audit-log", "placement-sync", "history"):
         WorkerSettings.from_env(compose_env(services[name]))
     HistorySettings.from_env(compose_env(services["history"]))
+    env = compose_env(services["console"])
+    ConsoleSettings.from_env(env, WorkerSettings.from_env(env))
+
+
+def test_compose_console_on_the_hosts_loopback() -> None:
+    """The console listens in its container, is published on 127.0.0.1 only, and sees the
+    broker's management API and the receiver over the compose network."""
+    raw = compose()["services"]
+    services = interpolate(compose(), env_example())["services"]
+    console, receiver = services["console"], services["receiver"]
+    assert console["command"] == ["python", "-m", "consumers", "console"]
+    assert "profiles" not in console, "the console runs by default"
+    assert raw["console"]["environment"]["CONSOLE_PASSWORD"].startswith("${CONSOLE_PASSWORD:?")
+    env = compose_env(console)
+    settings = ConsoleSettings.from_env(env, WorkerSettings.from_env(env))
+    assert settings.password.value == env_example()["CONSOLE_PASSWORD"]
+    assert settings.host == "0.0.0.0", "reachable through the published port"
+    assert console["ports"] == [f"127.0.0.1:{settings.port}:{settings.port}"]
+    assert f"'127.0.0.1', {settings.port}" in console["healthcheck"]["test"][3]
+    assert settings.history is None, "no History page without HISTORY_DATABASE_URL"
+
+    management = URL(settings.management_url.value)
+    rabbitmq = compose_env(services["rabbitmq"])
+    assert (management.scheme, management.host, management.port) == ("http", "rabbitmq", 15672)
+    assert management.user == rabbitmq["RABBITMQ_DEFAULT_USER"]
+    assert management.password == rabbitmq["RABBITMQ_DEFAULT_PASS"]
+    assert "15672" in str(services["rabbitmq"]["ports"]), "the management plugin's port"
+
+    receivers = [URL(url) for url in settings.receivers]
+    assert receivers, "the console watches the receiver"
+    for url in receivers:
+        assert url.scheme == "http"
+        assert url.host in services, f"{url.host} is not a compose service"
+        target = compose_env(services[str(url.host)])
+        assert services[str(url.host)]["command"] == ["python", "-m", "service"], url
+        assert url.port == int(target.get("PORT", Settings.port)), f"{url}: not its port"
+        assert url.path in ("", "/"), "a base URL: the console adds /readyz"
+    assert URL("http://receiver:8080") in receivers
+    assert receiver["command"] == ["python", "-m", "service"]
 
 
 def test_compose_profiles_start_what_they_need() -> None:
@@ -169,6 +219,21 @@ def test_compose_history_uses_the_compose_postgres() -> None:
     assert settings.database_url.value == shown
     assert settings.retention_days == DEFAULT_RETENTION_DAYS
     assert "change-me" not in settings.display, "its password is not shown"
+
+    # The console's History page reads HISTORY_DATABASE_URL from deploy/.env, as the
+    # history service does once it is set; the history profile also starts it after
+    # PostgreSQL.
+    assert compose_env(interpolate(raw["console"], optional))["HISTORY_DATABASE_URL"] == ""
+    assert raw["console"]["depends_on"]["postgres"] == {
+        "condition": "service_healthy",
+        "required": False,
+    }
+    chosen = {**optional, "HISTORY_DATABASE_URL": shown}
+    written = {name: compose_env(interpolate(raw[name], chosen)) for name in ("history", "console")}
+    assert written["console"]["HISTORY_DATABASE_URL"] == written["history"]["HISTORY_DATABASE_URL"]
+    page = ConsoleSettings.from_env(written["console"], WorkerSettings.from_env(written["console"]))
+    assert page.history is not None
+    assert page.history.database_url.value == shown
 
     # deploy/.env may name another database or server, and another retention.
     other = "postgresql://history:change-me@db.example.com:5432/history"

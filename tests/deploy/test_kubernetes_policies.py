@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from yarl import URL
 
-from consumers.console.settings import ConsoleSettings
+from consumers.console.settings import ConsoleSettings, receiver_urls
 from consumers.history.settings import HistorySettings
 from consumers.settings import WorkerSettings
 from service.observability import tracing
@@ -165,6 +166,35 @@ def check_console(docs: list[Doc], deployment: Doc) -> None:
     files = tuple(variable for variable in env if variable.endswith("_FILE"))
     assert set(needed) <= set(files), f"{name}: {sorted(set(needed) - set(files))} not set"
     check_secret_files(docs, deployment, files)
+    check_console_receivers(docs, deployment)
+
+
+def check_console_receivers(docs: list[Doc], console: Doc) -> None:
+    """CONSOLE_RECEIVERS names the receiver's Service by its in-cluster name and port."""
+    name = ident(console)
+    raw = main_container(console)[2].get("CONSOLE_RECEIVERS")
+    assert raw, f"{name}: CONSOLE_RECEIVERS is not set"
+    services = named(docs, "Service")
+    receivers = [
+        d for d in named(docs, "Deployment").values() if role(main_container(d)[1]) == "receiver"
+    ]
+    watched = set()
+    for url in map(URL, receiver_urls(raw)):
+        assert url.scheme == "http", f"{name}: {url}"
+        assert url.path in ("", "/"), f"{name}: {url} is a base URL, the console adds /readyz"
+        assert url.host in services, f"{name}: {url} names no Service"
+        service = services[str(url.host)]
+        ports = [p for p in service["spec"]["ports"] if p["port"] == url.port]
+        assert ports, f"{name}: {url}: the Service {url.host} has no port {url.port}"
+        [port] = ports
+        for deployment in receivers:
+            if selects(service["spec"]["selector"], pod_labels(deployment)):
+                container = main_container(deployment)[1]
+                assert port_number(container, port["targetPort"]) == port_number(
+                    container, container["readinessProbe"]["httpGet"]["port"]
+                ), f"{name}: {url} does not reach the port of /readyz"
+                watched.add(deployment["metadata"]["name"])
+    assert watched == {d["metadata"]["name"] for d in receivers}, f"{name}: a receiver unwatched"
 
 
 def check_secret_files(docs: list[Doc], deployment: Doc, variables: tuple[str, ...]) -> None:
@@ -434,6 +464,7 @@ def test_kubernetes_settings_are_accepted(tmp_path: Path) -> None:
             assert console.password.value == files["CONSOLE_PASSWORD_FILE"]
             assert console.management_url.value == files["RABBITMQ_MANAGEMENT_URL_FILE"]
             assert (console.host, console.port) == ("127.0.0.1", 8090)
+            assert console.receivers == (env["CONSOLE_RECEIVERS"],)
         else:
             worker = WorkerSettings.from_env(env)
             assert worker.amqp_url.value == files["AMQP_URL_FILE"]
