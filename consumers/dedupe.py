@@ -21,8 +21,9 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, TypeVar
+from typing import Literal, Protocol, TypeAlias, TypeVar
 
 import asyncpg
 import structlog
@@ -132,6 +133,18 @@ class ClaimLost(Exception):
     """The claim ran out and another replica took the message; this handling commits nothing."""
 
 
+class Recorder(Protocol):
+    """Where a claim's `event.transaction()` records a handler's success.
+
+    `DedupeStore` in PostgreSQL; `consumers.testing` keeps its records in memory.
+    """
+
+    scope: str
+
+    def transaction(self, claim: Claim) -> AbstractAsyncContextManager[Connection]:
+        """A transaction that records the running handler as succeeded when it commits."""
+
+
 @dataclass(slots=True)
 class Claim:
     """This replica's claim on one message for one consumer.
@@ -140,7 +153,7 @@ class Claim:
     running) up to date, so that a transaction knows what it records.
     """
 
-    store: DedupeStore
+    store: Recorder
     consumer: str
     message_id: str
     owner: str
@@ -152,6 +165,18 @@ class Claim:
     @property
     def key(self) -> tuple[str, str, str, str]:
         return (self.store.scope, self.consumer, self.message_id, self.owner)
+
+    def committing(self) -> tuple[str, bool]:
+        """The running handler a transaction records, and whether it is the last to succeed."""
+        handler = self.current
+        if handler is None or handler not in self.pending:
+            raise RuntimeError("this handler already committed its transaction")
+        return handler, self.pending == {handler}
+
+    def committed(self, handler: str, last: bool) -> None:
+        """`handler`'s transaction committed; with the last one the message is done."""
+        self.pending.discard(handler)
+        self.done = last
 
 
 T = TypeVar("T")
@@ -277,17 +302,13 @@ class DedupeStore:
 
         The last handler of the message to succeed records the message as done.
         """
-        handler = claim.current
-        if handler is None or handler not in claim.pending:
-            raise RuntimeError("this handler already committed its transaction")
-        last = claim.pending == {handler}
+        handler, last = claim.committing()
         async with self._pool.acquire() as connection, connection.transaction():
             yield connection
             status = await connection.execute(_HANDLED, *claim.key, handler, last)
             if status == "UPDATE 0":
                 raise ClaimLost(f"the claim on {claim.message_id!r} ran out and was taken")
-        claim.pending.discard(handler)
-        claim.done = last
+        claim.committed(handler, last)
 
     async def prune(self) -> int:
         """Remove records older than the retention; return how many."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aio_pika
 import orjson
@@ -60,6 +61,27 @@ class Event:
         return self.claim.store.transaction(self.claim)
 
 
+class Delivered(Protocol):
+    """What an event is read from: a message as delivered (aio-pika's), or the test kit's.
+
+    `consumers.testing.deliver` builds one as the receiver would publish it, so that the
+    worker and the kit read events in one way.
+    """
+
+    @property
+    def body(self) -> bytes: ...
+    @property
+    def headers(self) -> Mapping[str, Any] | None: ...
+    @property
+    def message_id(self) -> str | None: ...
+    @property
+    def routing_key(self) -> str | None: ...
+    @property
+    def timestamp(self) -> datetime | None: ...
+    @property
+    def redelivered(self) -> bool | None: ...
+
+
 def parse_resource(value: object) -> dict[str, Any] | None:
     """The `Resource` field as a dict: Avionté sends it as a string holding JSON."""
     if isinstance(value, dict):
@@ -73,13 +95,13 @@ def parse_resource(value: object) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def attempt_of(message: AbstractIncomingMessage) -> int:
+def attempt_of(message: Delivered) -> int:
     """Which attempt this delivery is, counting from 1."""
     value = (message.headers or {}).get(ATTEMPT)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
-def routing_key_of(message: AbstractIncomingMessage) -> str:
+def routing_key_of(message: Delivered) -> str:
     """The event's own routing key, also for a message that came back through a retry queue."""
     value = (message.headers or {}).get(ROUTING_KEY)
     return value if isinstance(value, str) and value else message.routing_key or ""
@@ -114,7 +136,7 @@ def copy_of(
     )
 
 
-def _received_at(message: AbstractIncomingMessage) -> datetime:
+def _received_at(message: Delivered) -> datetime:
     value = (message.headers or {}).get("x-received-at")
     if isinstance(value, str):
         try:
@@ -125,7 +147,7 @@ def _received_at(message: AbstractIncomingMessage) -> datetime:
 
 
 def event_from(
-    message: AbstractIncomingMessage,
+    message: Delivered,
     envelope: Envelope,
     routing_key: str,
     attempt: int,

@@ -43,14 +43,19 @@ class PlacementSync:
 
     def __init__(self, client: Fetcher | None = None) -> None:
         self.client = client
+        self._source: str | None = None
 
     def _client(self) -> Fetcher:
-        if self.client is None:
-            # Chosen once, on the first event: the real API if it is configured.
-            configured = AvionteSettings.configured(os.environ)
-            self.client = avionte() if configured else OfflineAvionteClient()
-            log.info("placement source", source="avionte" if configured else "offline")
-        return self.client
+        if self.client is not None:
+            return self.client
+        # The real API if it is configured. Asked on each event, not kept: a test
+        # (`consumers.testing.avionte_api`) configures it for a while.
+        configured = AvionteSettings.configured(os.environ)
+        source = "avionte" if configured else "offline"
+        if source != self._source:
+            self._source = source
+            log.info("placement source", source=source)
+        return avionte() if configured else OfflineAvionteClient()
 
     async def __call__(self, event: Event) -> None:
         placement_id = (event.resource or {}).get("PlacementId")

@@ -35,8 +35,21 @@ def shared(name: str, factory: Callable[[], R]) -> R:
 async def close_all() -> None:
     """Close every shared resource; one that fails to close is logged, the rest still close."""
     while _SHARED:
-        name, resource = _SHARED.popitem()
-        try:
-            await resource.close()
-        except Exception:
-            log.exception("a shared resource did not close cleanly", resource=name)
+        await _close(*_SHARED.popitem())
+
+
+async def close(name: str) -> None:
+    """Close the resource `name` if it was made; the next `shared(name, ...)` makes another.
+
+    `consumers.testing.avionte_api` points the Avionté client elsewhere with it.
+    """
+    resource = _SHARED.pop(name, None)
+    if resource is not None:
+        await _close(name, resource)
+
+
+async def _close(name: str, resource: Closable) -> None:
+    try:
+        await resource.close()
+    except Exception:
+        log.exception("a shared resource did not close cleanly", resource=name)

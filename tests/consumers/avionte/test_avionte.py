@@ -1,4 +1,5 @@
-"""The Avionté API client against a fake that enforces the documented protocol, then in workers."""
+"""The Avionté API client against `consumers.testing.avionte_api`, which enforces the documented
+protocol, then in workers."""
 
 from __future__ import annotations
 
@@ -26,22 +27,24 @@ from consumers.avionte import (
 )
 from consumers.avionte.limiter import WINDOW
 from consumers.event import parse_resource
+from consumers.testing import AvionteAPI, avionte_api
+from consumers.testing.avionte import API_KEY, CLIENT_SECRET
 from consumers.topology import ConsumerQueues
 from service.shared.envelope import parse, routing_key
 from service.shared.samples import KNOWN_EVENTS
 from service.simulate import bodies
-from tests.fake_avionte import (
-    API_KEY,
-    CLIENT_SECRET,
-    FakeAvionte,
-    client_env,
-    running_fake,
-)
 from tests.support import BusView, fixture_bodies
 from tests.worker_processes import SpawnWorker, WorkerProcess
 from tests.workers import fetcher
 
 FIXTURES = fixture_bodies()
+# What the API answers: each entity names its own id, as Avionté's do.
+ENTITIES = {
+    "placement": {n: {"PlacementId": n, "Status": "Active"} for n in (1, 9, 77, 86635)},
+    "talent": {n: {"TalentId": n} for n in [*range(1, 21), *range(1000, 1030)]},
+    "contact": {5: {"ContactId": 5}},
+    "job": {3: {"JobId": 3}},
+}
 
 
 def event_of(body: bytes) -> Event:
@@ -116,30 +119,30 @@ def test_the_simulator_sends_the_ids_of_the_samples_and_each_maps_to_its_entity(
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAvionte]:
-    async with running_fake() as running:
+async def fake() -> AsyncIterator[AvionteAPI]:
+    async with avionte_api(ENTITIES) as running:
         yield running
 
 
 @pytest.fixture
-async def client(fake: FakeAvionte) -> AsyncIterator[AvionteClient]:
-    made_client = AvionteClient.from_env({**client_env(fake), "AVIONTE_RATE_LIMIT": "100"})
+async def client(fake: AvionteAPI) -> AsyncIterator[AvionteClient]:
+    made_client = AvionteClient.from_env({**fake.env(), "AVIONTE_RATE_LIMIT": "100"})
     yield made_client
     await made_client.close()
 
 
 async def test_a_fetch_sends_every_documented_header(
-    fake: FakeAvionte, client: AvionteClient
+    fake: AvionteAPI, client: AvionteClient
 ) -> None:
     placement = await client.fetch(event_of(FIXTURES["placement_updated"]))
-    assert placement == {"PlacementId": 86635, "Tenant": 6}
+    assert placement == ENTITIES["placement"][86635]
     assert fake.problems == []
     [call] = fake.calls
     assert (call.path, call.tenant) == ("placement/86635", "6")
 
 
 async def test_one_token_serves_many_calls_and_concurrent_first_calls(
-    fake: FakeAvionte, client: AvionteClient
+    fake: AvionteAPI, client: AvionteClient
 ) -> None:
     events = [made("talent_saved", {"Id": n}) for n in range(1, 21)]
     await asyncio.gather(*(client.fetch(event) for event in events))  # twenty at once
@@ -149,8 +152,9 @@ async def test_one_token_serves_many_calls_and_concurrent_first_calls(
 
 
 async def test_a_token_is_renewed_before_it_expires_and_after_a_401() -> None:
-    async with running_fake(token_seconds=1) as fake:
-        client = AvionteClient.from_env(client_env(fake))
+    async with avionte_api(ENTITIES) as fake:
+        fake.token_seconds = 1
+        client = AvionteClient.from_env(fake.env())
         try:
             event = made("contact_created", {"ContactId": 5})
             await client.fetch(event)
@@ -171,7 +175,7 @@ async def test_a_token_is_renewed_before_it_expires_and_after_a_401() -> None:
 
 
 async def test_failures_map_to_what_the_worker_does_with_them(
-    fake: FakeAvionte, client: AvionteClient
+    fake: AvionteAPI, client: AvionteClient
 ) -> None:
     event = made("placement_updated", {"PlacementId": 9})
     fake.script("placement/9", (429, {"Retry-After": "2"}), 503, 400)
@@ -183,15 +187,15 @@ async def test_failures_map_to_what_the_worker_does_with_them(
     assert down.value.after == 5  # Avionté's first back-off
     with pytest.raises(AvionteRejected):
         await client.fetch(event)
-    fake.gone.add("placement/9")
+    del fake.entities["placement"]["9"]
     with pytest.raises(EntityGone):
         await client.fetch(event)
     with pytest.raises(AvionteRejected, match="no tenant"):
         await client.fetch(made("placement_updated", {"PlacementId": 9}, tenant=None))
 
 
-async def test_a_slow_answer_is_a_retryable_timeout(fake: FakeAvionte) -> None:
-    client = AvionteClient.from_env({**client_env(fake), "AVIONTE_TIMEOUT": "0.5"})
+async def test_a_slow_answer_is_a_retryable_timeout(fake: AvionteAPI) -> None:
+    client = AvionteClient.from_env({**fake.env(), "AVIONTE_TIMEOUT": "0.5"})
     fake.slow["job/3"] = 2.0
     try:
         started = time.monotonic()
@@ -229,7 +233,7 @@ async def until(condition: Any, within: float = 30) -> None:
             await asyncio.sleep(0.05)
 
 
-def no_secret_in(worker: WorkerProcess, fake: FakeAvionte) -> None:
+def no_secret_in(worker: WorkerProcess, fake: AvionteAPI) -> None:
     text = worker.text()
     for secret in (CLIENT_SECRET, API_KEY, *fake.issued):
         assert secret not in text, "a secret or token reached the log"
@@ -237,7 +241,7 @@ def no_secret_in(worker: WorkerProcess, fake: FakeAvionte) -> None:
 
 @pytest.mark.rabbit
 async def test_a_burst_of_thirty_events_keeps_the_rate_limit_with_one_token(
-    bus: BusView, spawn_worker: SpawnWorker, fake: FakeAvionte, tmp_path: Path
+    bus: BusView, spawn_worker: SpawnWorker, fake: AvionteAPI, tmp_path: Path
 ) -> None:
     record = tmp_path / "fetched.jsonl"
     worker = await spawn_worker(
@@ -246,7 +250,7 @@ async def test_a_burst_of_thirty_events_keeps_the_rate_limit_with_one_token(
         RECORD_FILE=str(record),
         METRICS_PORT="0",
         AVIONTE_RATE_LIMIT="10",
-        **client_env(fake),
+        **fake.env(),
     )
     for n in range(30):
         await bus.publish_event("talent_saved", Resource=json.dumps({"Id": 1000 + n}))
@@ -262,19 +266,19 @@ async def test_a_burst_of_thirty_events_keeps_the_rate_limit_with_one_token(
 
 @pytest.mark.rabbit
 async def test_429_and_503_are_retried_into_a_fetch_and_404_dead_letters_at_once(
-    bus: BusView, spawn_worker: SpawnWorker, fake: FakeAvionte, tmp_path: Path
+    bus: BusView, spawn_worker: SpawnWorker, fake: AvionteAPI, tmp_path: Path
 ) -> None:
     record = tmp_path / "fetched.jsonl"
     fake.script("placement/1", (429, {"Retry-After": "1"}), 503)
-    fake.gone.add("placement/2")
     worker = await spawn_worker(
         "tests.workers.fetcher",
         fetcher.consumer,
         RECORD_FILE=str(record),
         METRICS_PORT="0",
-        **client_env(fake),
+        **fake.env(),
     )
     recovers = await bus.publish_event("placement_updated", Resource='{"PlacementId": 1}')
+    # Not in ENTITIES: Avionté answers 404.
     gone = await bus.publish_event("placement_updated", Resource='{"PlacementId": 2}')
     await until(lambda: len(fetched(record)) == 1)
     [line] = fetched(record)
@@ -293,11 +297,11 @@ async def test_429_and_503_are_retried_into_a_fetch_and_404_dead_letters_at_once
 @pytest.mark.rabbit
 @pytest.mark.parametrize("configured", [True, False], ids=["client", "offline"])
 async def test_placement_sync_fetches_through_the_client_when_configured(
-    bus: BusView, spawn_worker: SpawnWorker, fake: FakeAvionte, configured: bool
+    bus: BusView, spawn_worker: SpawnWorker, fake: AvionteAPI, configured: bool
 ) -> None:
     from consumers import placement_sync
 
-    env = client_env(fake) if configured else {}
+    env = fake.env() if configured else {}
     worker = await spawn_worker("placement_sync", placement_sync.consumer, METRICS_PORT="0", **env)
     await bus.publish_event("placement_updated", Resource='{"PlacementId": 77}')
     await until(lambda: bool(worker.events("placement synced")))
