@@ -11,8 +11,7 @@ A row is either
 `handled` names the handlers that already succeeded on an earlier attempt (one that
 committed `event.transaction()`, or that ran before another handler raised): a retry
 runs only the others. A handling that fails gives up its claim at once, so its retry
-runs. The store answers; the worker (`consumers.runtime.worker`) decides what becomes of the
-message.
+runs. The store answers; `consumers.runtime.fate` decides what becomes of the message.
 """
 
 from __future__ import annotations

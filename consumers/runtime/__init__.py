@@ -1,4 +1,5 @@
 """The worker: consuming, handling, settling, retry and dead copies, sessions, threads.
 
-Also its spans and metrics. `python -m consumers run` starts `worker.Worker`.
+Also its spans and metrics. `fate` decides what becomes of each message, for the worker
+and for `consumers.testing`. `python -m consumers run` starts `worker.Worker`.
 """
