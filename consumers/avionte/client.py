@@ -109,8 +109,6 @@ class AvionteClient:
     async def _get(
         self, session: aiohttp.ClientSession, url: str, tenant_id: int, token: str
     ) -> tuple[int, Mapping[str, str], object]:
-        await self._limiter.wait()
-        self.calls += 1
         headers = {
             "Authorization": f"Bearer {token}",
             "X-api-key": self.settings.api_key.value,
@@ -118,12 +116,17 @@ class AvionteClient:
             "RequestId": str(uuid.uuid4()),
             "Accept": "application/json",
         }
-        try:
-            async with session.get(url, headers=headers) as response:
-                body = await response.json(content_type=None) if response.status == 200 else None
-                return response.status, response.headers, body
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            raise AvionteUnavailable(f"{url.rsplit('/', 2)[-2]}: {type(exc).__name__}") from None
+        async with self._limiter.slot():
+            self.calls += 1
+            try:
+                async with session.get(url, headers=headers) as response:
+                    body = (
+                        await response.json(content_type=None) if response.status == 200 else None
+                    )
+                    return response.status, response.headers, body
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                where = url.rsplit("/", 2)[-2]
+                raise AvionteUnavailable(f"{where}: {type(exc).__name__}") from None
 
 
 def _retry_after(headers: Mapping[str, str]) -> float:

@@ -143,7 +143,7 @@ async def test_a_receiver_that_goes_away_is_named_at_the_top_of_every_page(
         assert "no consumer nobody under prefix" in await missing.text()
         failed.clear()
         for path in ("/unrouted", "/invalid", "/history"):
-            await page.goto(console.url + path)
+            await page.goto(console.url + path, wait_until="networkidle")
             await expect(page.locator("#receivers-banner")).to_contain_text(receiver.url)
         assert not failed, failed
     finally:
@@ -267,7 +267,7 @@ async def test_every_page_fits_400_px_and_no_request_fails(
             ]
             widths = {}
             for path in paths:
-                answer = await page.goto(console.url + path)
+                answer = await page.goto(console.url + path, wait_until="networkidle")
                 assert answer is not None, path
                 assert answer.status == 200, path
                 await expect(page.locator("#receivers-banner")).to_be_visible()
