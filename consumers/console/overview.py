@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+import aiormq
+import structlog
 from aio_pika.abc import AbstractConnection
 
 from consumers.console import letters
@@ -23,6 +25,8 @@ from consumers.console.management import Management, ManagementUnavailable, Queu
 from consumers.operations import registry
 from consumers.topology import ConsumerQueues
 from service.shared.bus import BusNames
+
+log = structlog.get_logger("consumers.console")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +136,21 @@ class DeadAges:
         known = self._known.get(dead.name)
         if known is not None and known[0] <= count and now - known[2] < self.FRESH:
             return known[1]
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
-            found = await letters.oldest_failure(channel, dead.name)
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            try:
+                found = await letters.oldest_failure(channel, dead.name)
+            finally:
+                if not channel.is_closed:
+                    await channel.close()
+        except (aiormq.exceptions.AMQPError, OSError, RuntimeError, TimeoutError) as exc:
+            # A queue between leaders, say: the age is left out this time, not the page.
+            log.info(
+                "console: the oldest dead letter could not be read",
+                queue=dead.name,
+                error_type=type(exc).__name__,
+            )
+            return known[1] if known is not None else None
         self._known[dead.name] = (count, found, now)
         return found
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,13 +47,25 @@ class Broker:
     def __init__(self, url: str) -> None:
         self._url = url
         self._connection: AbstractConnection | None = None
+        self._lost = True
         self._lock = asyncio.Lock()
 
     async def connection(self) -> AbstractConnection:
         async with self._lock:
-            if self._connection is None or self._connection.is_closed:
-                self._connection = await brokers.connect(self._url, within=5)
+            # aio-pika marks a connection closed only when this side closes it; one the
+            # broker or the network ended says so through its close callbacks alone.
+            if self._connection is None or self._lost or self._connection.is_closed:
+                if self._connection is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._connection.close(), 2)
+                connection = await brokers.connect(self._url, within=5)
+                self._connection, self._lost = connection, False
+                connection.close_callbacks.add(lambda *_: self._ended(connection))
             return self._connection
+
+    def _ended(self, connection: AbstractConnection) -> None:
+        if connection is self._connection:
+            self._lost = True
 
     async def channel(self) -> AbstractChannel:
         """A channel with publisher confirms, for one sweep; the caller closes it."""

@@ -32,6 +32,7 @@ from tests.consumers.console.test_console_history import SAMPLES, _entry
 from tests.databases import own_database_async
 from tests.receivers import SpawnReceiver
 from tests.support import AMQP_URL, BusView, consumer_queue_names
+from tests.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker
 from tests.workers import failing
 
@@ -307,3 +308,27 @@ async def test_a_first_visit_without_credentials_is_info_and_a_wrong_password_a_
     assert [line["level"] for line in refused] == ["warning"]
     assert "wrong" not in console.log.read_text()
     await asyncio.sleep(0)
+
+
+async def test_after_the_broker_link_breaks_the_next_pages_work_again(
+    bus: BusView, tmp_path: Path
+) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, url):
+        console = await serving(bus, tmp_path, AMQP_URL=url)
+        try:
+            async with aiohttp.ClientSession(headers=basic(USER, PASSWORD)) as session:
+                async with session.get(console.url + "/unrouted") as response:
+                    assert response.status == 200
+                await proxy.cut()
+                statuses: list[int] = []
+                async with asyncio.timeout(20):
+                    while not statuses or statuses[-1] != 200:
+                        await asyncio.sleep(0.2)
+                        async with session.get(console.url + "/unrouted") as response:
+                            statuses.append(response.status)
+                # At most the request that met the broken link failed.
+                assert statuses.count(503) <= 1, statuses
+                async with session.get(console.url + "/") as response:
+                    assert response.status == 200
+        finally:
+            assert await console.stop() == 0
