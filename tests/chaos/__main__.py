@@ -141,6 +141,10 @@ async def run(plan: Plan, workdir: Path) -> tuple[Ledger, Journal]:
         printed = ", ".join(str(len(ids & outcomes.accepted)) for ids in system.tailed())
         exits = ", ".join(str(code) for code in codes)
         journal.end(done, f"exit {exits}; accepted events printed: {printed}")
+        # The faults are over: an operator opening the console now must get every page.
+        done = journal.begin("console-after", "4 pages", journal.now())
+        journal.console_after = await operators.look(system)
+        journal.end(done, journal.console_after)
         handled = await collect.handlings(system)
         dead, unrouted, invalid = await collect.held(system)
     kinds = {d.correlation_id: d.kind for d in plan.deliveries}
@@ -208,7 +212,10 @@ def main() -> int:
         f"ledger: seed={seed} sent={ledger.sent} accepted={ledger.accepted} lost={ledger.lost}"
         f" duplicated={ledger.duplicated} unexplained={ledger.unexplained} faults={injected}"
     )
-    failed = ledger.lost or ledger.duplicated or ledger.unexplained
+    console_ok = journal.console_after == operators.ALL_PAGES
+    if not console_ok:
+        print(f"console: after the faults it answered {journal.console_after}, not every page")
+    failed = ledger.lost or ledger.duplicated or ledger.unexplained or not console_ok
     if failed or journal.void or os.environ.get("CHAOS_KEEP") == "1":
         print(f"chaos: logs kept in {workdir}")
     else:

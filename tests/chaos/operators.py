@@ -64,6 +64,15 @@ async def _cli(system: System, *args: str) -> str:
     return f"exit {code}: {said[:70]}"
 
 
+PAGES = ("/", "/overview.json", "/consumers/picky", "/unrouted")
+ALL_PAGES = "HTTP " + " ".join("200" for _ in PAGES)
+
+
+async def look(system: System) -> str:
+    """The console's pages as an operator opens them: `ALL_PAGES` when each answered."""
+    return await _console(system, "console-look")
+
+
 async def _console(system: System, what: str) -> str:
     assert system.console is not None
     base = system.console.url
@@ -73,7 +82,7 @@ async def _console(system: System, what: str) -> str:
     try:
         async with aiohttp.ClientSession(auth=auth, timeout=timeout) as session:
             if what == "console-look":
-                for path in ("/", "/overview.json", "/consumers/picky", "/unrouted"):
+                for path in PAGES:
                     async with session.get(base + path) as response:
                         statuses.append(str(response.status))
             else:

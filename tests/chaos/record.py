@@ -26,6 +26,8 @@ class Journal:
     entries: list[Done] = field(default_factory=list)
     void: bool = False
     held_back: int = 0
+    # What the console answered once the faults were over: every page, or what failed.
+    console_after: str = ""
 
     def now(self) -> float:
         return time.monotonic() - self.origin
