@@ -116,6 +116,8 @@ class AmqpPublisher:
         self._flights: dict[str, _Flight] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._on_crash = on_crash
+        # Kept from `start`: on Python 3.11 every asyncio.get_running_loop() is a getpid call.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"AmqpPublisher(prefix={self._names.prefix!r}, ready={self.ready})"
@@ -132,6 +134,7 @@ class AmqpPublisher:
         return "blocked" if self._blocked is not None else "connected"
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._supervisor = keep_running("amqp-publisher", self._supervise, on_crash=self._on_crash)
 
     async def close(self) -> None:
@@ -140,7 +143,7 @@ class AmqpPublisher:
         self._channel = None
 
     async def publish(self, message: Outgoing) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         # One deadline for the whole call, however many earlier flights of its id it waits for.
         deadline = loop.time() + self._timeout
         self._usable()
