@@ -103,8 +103,9 @@ class DurableStore:
         if self._tracer is not None:
             from service.observability import spans
 
-            spool = self.spool.append if self.spool is not None else None
-            return await spans.store(self._tracer, message, self.publisher.publish, spool)
+            if not spans.carried_unsampled(message):
+                spool = self.spool.append if self.spool is not None else None
+                return await spans.store(self._tracer, message, self.publisher.publish, spool)
         try:
             await self.publisher.publish(message)
         except PublishFailed as failure:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from contextvars import Token
 from typing import Any
 
 from aiohttp import web
@@ -18,6 +20,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.http.app import OUTCOME, SPAN_START
+from service.observability import sampling
+from service.observability.sampling import Dropped
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,19 +40,28 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         arrived = time.time_ns()
         span: Any = None
         token: object = None
+        decided = False
+        dropping: Token[Dropped | None] | None = None
 
         def start(authenticated: bool) -> None:
-            nonlocal span, token
-            if span is not None:
+            nonlocal span, token, decided, dropping
+            if decided:
                 return
+            decided = True
             trusted = continue_sender and authenticated
-            span = tracer.start_span(
-                name,
-                context=propagate.extract(request.headers) if trusted else Context(),
-                kind=SpanKind.SERVER,
-                attributes=_http_attributes(request, route),
-                start_time=arrived,
-            )
+            verdict = None if trusted else sampling.decide(tracer, name)
+            if isinstance(verdict, Dropped):
+                # Not sampled: no span, no context, no attributes; the ids alone go on.
+                dropping = sampling.dropped.set(verdict)
+                return
+            with sampling.chosen(verdict) if verdict is not None else nullcontext():
+                span = tracer.start_span(
+                    name,
+                    context=propagate.extract(request.headers) if trusted else Context(),
+                    kind=SpanKind.SERVER,
+                    attributes=_http_attributes(request, route),
+                    start_time=arrived,
+                )
             # Current for the rest of the request: its children and its log line see it.
             token = context.attach(trace.set_span_in_context(span))
 
@@ -56,23 +69,27 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         try:
             response = await handler(request)
             start(False)
-            span.set_attribute("http.response.status_code", response.status)
-            outcome = request.get(OUTCOME)
-            if outcome:
-                span.set_attribute("relay.outcome", outcome)
-            if response.status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+            if span is not None:
+                span.set_attribute("http.response.status_code", response.status)
+                outcome = request.get(OUTCOME)
+                if outcome:
+                    span.set_attribute("relay.outcome", outcome)
+                if response.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
             return response
         except Exception as error:
             start(False)
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+            if span is not None:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
             if span is not None:
                 span.end()
             if token is not None:
                 context.detach(token)  # type: ignore[arg-type]
+            if dropping is not None:
+                sampling.dropped.reset(dropping)
 
     return serve
 

@@ -18,6 +18,7 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from service.observability.sampling import dropped
 from service.shared.bus import Outgoing
 from service.shared.errors import PublishFailed
 
@@ -68,6 +69,21 @@ async def store(
         return "broker", None
 
 
+def carried_unsampled(message: Outgoing) -> bool:
+    """For a delivery the sampler dropped: its ids into `message`, unsampled, and True.
+
+    Such a delivery is stored as without tracing: no span, no context.
+    """
+    unsampled = dropped.get()
+    if unsampled is None:
+        return False
+    headers = message.properties.headers
+    if headers is None:
+        headers = message.properties.headers = {}
+    headers["traceparent"] = unsampled.traceparent()
+    return True
+
+
 def draining(
     tracer: Any, publish: Callable[[Outgoing], Awaitable[None]]
 ) -> Callable[[Outgoing], Awaitable[None]]:
@@ -93,6 +109,9 @@ def draining(
 
 def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span id in hex, for log lines; None outside one."""
+    unsampled = dropped.get()
+    if unsampled is not None:
+        return unsampled.ids()
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:
         return None

@@ -48,7 +48,9 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": f"avionte-relay-{component}"}))
-    provider = TracerProvider(resource=resource)
+    from service.observability.sampling import ChosenIds
+
+    provider = TracerProvider(resource=resource, id_generator=ChosenIds())
     for name in _exporters(environ):
         if name == "console":
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter

@@ -289,3 +289,44 @@ async def test_a_request_chooses_neither_sampling_nor_trace_unless_trusted(
         assert joined == []
         assert str(headers["traceparent"]).split("-")[1] != INCOMING_TRACE
         assert "intruder" not in str(headers.get("tracestate", ""))
+
+
+async def test_an_unsampled_delivery_makes_no_span_and_its_message_says_unsampled(
+    bus: BusView,
+    spawn_receiver: SpawnReceiver,
+    spawn_worker: SpawnWorker,
+    collector: Collector,
+    tmp_path: Path,
+) -> None:
+    probe = await bus.probe("talent.#")
+    worker = await spawn_worker(
+        "tests.workers.recorder",
+        recorder.consumer,
+        RECORD_FILE=str(tmp_path / "records.jsonl"),
+        LOG_FORMAT="json",
+        **collector.env("relay-worker"),
+    )
+    receiver = await spawn_receiver(
+        OTEL_TRACES_SAMPLER="parentbased_traceidratio",
+        OTEL_TRACES_SAMPLER_ARG="0.5",
+        **collector.env("relay-receiver"),
+    )
+    sent = 40
+    for _ in range(sent):
+        assert (await deliver(receiver, "talent_created"))[0] == 200
+    assert await receiver.stop() == 0  # exports what is buffered
+    parents = [str((await bus.get(probe)).headers["traceparent"]) for _ in range(sent)]
+    await asyncio.sleep(1)
+    assert await worker.stop() == 0
+    flags = {tp.split("-")[1]: int(tp.split("-")[3], 16) for tp in parents}
+    kept = {t for t, f in flags.items() if f & 1}
+    assert 0 < len(kept) < sent  # the sampler both kept and dropped some
+    servers = {s.trace_id for s in collector.spans if s.kind == SERVER}
+    producers = {s.trace_id for s in collector.spans if s.kind == PRODUCER}
+    consumers = {s.trace_id for s in collector.spans if s.kind == CONSUMER}
+    # A span exactly for each kept delivery, in the trace id its message carries.
+    assert servers == producers == kept
+    assert consumers <= kept  # the worker follows the receiver's decision
+    # A dropped delivery's log line still names its trace, as its message does.
+    logged = {line["trace_id"] for line in receiver.events("delivery")}
+    assert logged == set(flags)
