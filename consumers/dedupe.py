@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, TypeAlias, TypeVar
@@ -31,6 +31,7 @@ from yarl import URL
 
 from consumers.consumer import Consumer
 from consumers.errors import ConsumerError
+from consumers.gathering import Gathering
 from consumers.settings import WorkerSettings
 from service.shared.brokers import display_url
 from service.shared.errors import SettingsError
@@ -60,25 +61,37 @@ ALTER TABLE relay_dedupe ADD COLUMN IF NOT EXISTS handled text[] NOT NULL DEFAUL
 """
 
 # A new row, or a claim whose lease ran out, becomes ours; a live claim or a done row stays.
-_CLAIM = """
+# A batch's claims go in one statement, keys in order (two replicas lock rows alike).
+_CLAIMS = """
 INSERT INTO relay_dedupe AS row (scope, consumer, message_id, state, owner, lease_until)
-VALUES ($1, $2, $3, 'claimed', $4, now() + make_interval(secs => $5))
+SELECT $1, t.consumer, t.message_id, 'claimed', t.owner, now() + make_interval(secs => $5)
+FROM unnest($2::text[], $3::text[], $4::text[]) AS t(consumer, message_id, owner)
 ON CONFLICT (scope, consumer, message_id) DO UPDATE
     SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
     WHERE row.state = 'claimed' AND row.lease_until < now()
-RETURNING owner, handled
+RETURNING row.consumer, row.message_id, row.owner, row.handled
 """
-_STATE = """
-SELECT state, extract(epoch FROM lease_until - now()) FROM relay_dedupe
-WHERE scope = $1 AND consumer = $2 AND message_id = $3
+_STATES = """
+SELECT d.consumer, d.message_id, d.state, extract(epoch FROM d.lease_until - now())
+FROM relay_dedupe d
+JOIN unnest($2::text[], $3::text[]) AS t(consumer, message_id)
+  ON d.consumer = t.consumer AND d.message_id = t.message_id
+WHERE d.scope = $1
 """
-_DONE = """
-UPDATE relay_dedupe SET state = 'done', updated_at = now()
-WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+_DONES = """
+UPDATE relay_dedupe AS d SET state = 'done', updated_at = now()
+FROM unnest($2::text[], $3::text[], $4::text[]) AS t(consumer, message_id, owner)
+WHERE d.scope = $1 AND d.consumer = t.consumer AND d.message_id = t.message_id
+  AND d.owner = t.owner AND d.state = 'claimed'
+RETURNING d.owner
 """
-_RENEW = """
-UPDATE relay_dedupe SET lease_until = now() + make_interval(secs => $5), updated_at = now()
-WHERE scope = $1 AND consumer = $2 AND message_id = $3 AND owner = $4 AND state = 'claimed'
+_RENEWS = """
+UPDATE relay_dedupe AS d
+SET lease_until = now() + make_interval(secs => $5), updated_at = now()
+FROM unnest($2::text[], $3::text[], $4::text[]) AS t(consumer, message_id, owner)
+WHERE d.scope = $1 AND d.consumer = t.consumer AND d.message_id = t.message_id
+  AND d.owner = t.owner AND d.state = 'claimed'
+RETURNING d.owner
 """
 # One handler's success, inside its transaction; the last one's makes the row `done`.
 _HANDLED = """
@@ -144,7 +157,7 @@ class Recorder(Protocol):
         """A transaction that records the running handler as succeeded when it commits."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Claim:
     """This replica's claim on one message for one consumer.
 
@@ -193,6 +206,12 @@ class DedupeStore:
         self.lease = lease
         self.retention = retention
         self._owner_prefix = uuid.uuid4().hex[:12]
+        # Claims and records of the messages in flight go together: a round trip each
+        # for many messages, not two for every one.
+        self._claims: Gathering[tuple[str, str], Claim | Literal["duplicate"] | Busy] = Gathering(
+            self._claim_all
+        )
+        self._dones: Gathering[Claim, bool] = Gathering(self._finish_all)
 
     @classmethod
     async def open(
@@ -257,31 +276,87 @@ class DedupeStore:
 
     async def claim(self, consumer: str, message_id: str) -> Claim | Literal["duplicate"] | Busy:
         """Claim the message, or say it is done already, or how long another claim lasts."""
-        owner = f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}"
-        async with self._pool.acquire() as connection:
-            got = await connection.fetchrow(
-                _CLAIM, self.scope, consumer, message_id, owner, self.lease
-            )
-            if got is not None and got["owner"] == owner:
-                return Claim(self, consumer, message_id, owner, frozenset(got["handled"]))
-            row = await connection.fetchrow(_STATE, self.scope, consumer, message_id)
-        if row is None:
-            return 0.0  # released between the two statements: try again at once
-        state, remaining = row
-        return "duplicate" if state == "done" else max(0.0, float(remaining))
+        return await self._claims.ask((consumer, message_id))
 
     async def finish(self, claim: Claim) -> bool:
         """Record the handling as done; False if the claim had run out and was taken."""
-        async with self._pool.acquire() as connection:
-            status = await connection.execute(_DONE, *claim.key)
+        recorded = await self._dones.ask(claim)
         claim.done = True
-        return status != "UPDATE 0"
+        return recorded
+
+    async def _claim_all(
+        self, asked: list[tuple[str, str]]
+    ) -> list[Claim | Literal["duplicate"] | Busy]:
+        owners = {key: f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}" for key in sorted(asked)}
+        keys = list(owners)
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(
+                _CLAIMS,
+                self.scope,
+                [consumer for consumer, _ in keys],
+                [message_id for _, message_id in keys],
+                list(owners.values()),
+                self.lease,
+            )
+            ours = {
+                (row["consumer"], row["message_id"]): frozenset(row["handled"])
+                for row in rows
+                if row["owner"] == owners[row["consumer"], row["message_id"]]
+            }
+            others = [key for key in keys if key not in ours]
+            states = {}
+            if others:
+                found = await connection.fetch(
+                    _STATES, self.scope, [c for c, _ in others], [m for _, m in others]
+                )
+                states = {(row[0], row[1]): (row[2], float(row[3])) for row in found}
+        answers: list[Claim | Literal["duplicate"] | Busy] = []
+        given: set[tuple[str, str]] = set()
+        for key in asked:
+            if key in given:
+                answers.append(0.0)  # asked twice at once: the second asks again, alone
+            elif key in ours:
+                answers.append(Claim(self, *key, owners[key], ours[key]))
+            elif key not in states:
+                answers.append(0.0)  # released meanwhile: try again at once
+            else:
+                state, remaining = states[key]
+                answers.append("duplicate" if state == "done" else max(0.0, remaining))
+            given.add(key)
+        return answers
+
+    async def _finish_all(self, claims: list[Claim]) -> list[bool]:
+        ordered = sorted(claims, key=lambda claim: claim.key)
+        async with self._pool.acquire() as connection:
+            rows = await connection.fetch(
+                _DONES,
+                self.scope,
+                [claim.consumer for claim in ordered],
+                [claim.message_id for claim in ordered],
+                [claim.owner for claim in ordered],
+            )
+        recorded = {row["owner"] for row in rows}
+        return [claim.owner in recorded for claim in claims]
 
     async def renew(self, claim: Claim) -> bool:
         """Move the lease on; False if the claim is no longer this replica's."""
+        [renewed] = await self.renew_all([claim])
+        return renewed
+
+    async def renew_all(self, claims: Sequence[Claim]) -> list[bool]:
+        """Move these claims' leases on, in one statement; False where one is not ours now."""
+        ordered = sorted(claims, key=lambda claim: claim.key)
         async with self._pool.acquire() as connection:
-            status = await connection.execute(_RENEW, *claim.key, self.lease)
-        return status != "UPDATE 0"
+            rows = await connection.fetch(
+                _RENEWS,
+                self.scope,
+                [claim.consumer for claim in ordered],
+                [claim.message_id for claim in ordered],
+                [claim.owner for claim in ordered],
+                self.lease,
+            )
+        renewed = {row["owner"] for row in rows}
+        return [claim.owner in renewed for claim in claims]
 
     async def release(self, claim: Claim, succeeded: Sequence[str] = ()) -> None:
         """End a claim whose handling failed, so that its retry runs at once.
@@ -349,6 +424,8 @@ class Patience:
     def __init__(self, store: DedupeStore) -> None:
         self.store = store
         self._down = False
+        self._held: set[Claim] = set()
+        self._renewing: asyncio.Task[None] | None = None
 
     def _failed(self, exc: BaseException, doing: str) -> None:
         if not self._down:
@@ -403,16 +480,39 @@ class Patience:
         """
         await self._outlasting("release", lambda: self.store.release(claim, succeeded))
 
-    async def keep(self, claim: Claim) -> None:
-        """Move the claim's lease on while its handling runs (cancel when it ends)."""
-        while True:
+    @contextlib.contextmanager
+    def holding(self, claim: Claim) -> Iterator[None]:
+        """Keep the claim's lease moving on while the block (its handling) runs.
+
+        One task renews every claim held, together, a third of a lease apart: a
+        message costs no task of its own.
+        """
+        self._held.add(claim)
+        if self._renewing is None or self._renewing.done():
+            self._renewing = asyncio.get_running_loop().create_task(self._renew_held())
+        try:
+            yield
+        finally:
+            self._held.discard(claim)
+
+    async def _renew_held(self) -> None:
+        while self._held:
             await asyncio.sleep(self.store.lease / 3)
+            held = list(self._held)
+            if not held:
+                return
             try:
-                if not await self.store.renew(claim):
-                    log.warning("the claim ran out and was taken; this handling may run twice")
-                    return
+                kept = await self.store.renew_all(held)
             except UNAVAILABLE as exc:
                 self._failed(exc, "renew")
+                continue
+            for claim, still in zip(held, kept, strict=True):
+                if not still and claim in self._held:
+                    log.warning(
+                        "the claim ran out and was taken; this handling may run twice",
+                        message_id=claim.message_id,
+                    )
+                    self._held.discard(claim)
 
 
 async def open_store(consumers: Sequence[Consumer], settings: WorkerSettings) -> DedupeStore | None:

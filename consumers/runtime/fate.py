@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
@@ -46,8 +47,8 @@ class Once(Protocol):
     async def release(self, claim: Claim, succeeded: Sequence[str]) -> None:
         """End a failed handling's claim, keeping the handlers that succeeded."""
 
-    async def keep(self, claim: Claim) -> None:
-        """Hold the claim while the handling runs; cancelled when it ends."""
+    def holding(self, claim: Claim) -> AbstractContextManager[None]:
+        """Keep the claim's lease moving on while the block (the handling) runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +105,26 @@ async def _run(
     call: Call,
 ) -> BaseException | None:
     """Run the handlers; return what one raised, or None. A failed claim is released."""
-    keeping = None
+    held: AbstractContextManager[None] = nullcontext()
     succeeded: list[str] = []
     if once is not None and claim is not None:
         # Handlers that succeeded on an earlier attempt do not run again.
         taken = [route for route in taken if route.name not in claim.handled]
         claim.pending = {route.name for route in taken}
-        keeping = asyncio.create_task(once.keep(claim))
+        held = once.holding(claim)
+    with held:
+        return await _handlers(consumer, event, taken, once, claim, call, succeeded)
+
+
+async def _handlers(
+    consumer: Consumer,
+    event: Event,
+    taken: list[Route],
+    once: Once | None,
+    claim: Claim | None,
+    call: Call,
+    succeeded: list[str],
+) -> BaseException | None:
     try:
         if not taken and claim is None:
             # During a rolling deploy another replica may know this pattern: retry.
@@ -129,7 +143,4 @@ async def _run(
         if once is not None and claim is not None:
             await once.release(claim, succeeded)
         return failure
-    finally:
-        if keeping is not None:
-            keeping.cancel()
     return None

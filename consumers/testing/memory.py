@@ -70,8 +70,9 @@ class MemoryDedupe:
     async def release(self, claim: Claim, succeeded: Sequence[str]) -> None:
         self._end(claim).handled.update(succeeded)
 
-    async def keep(self, claim: Claim) -> None:
+    def holding(self, claim: Claim) -> contextlib.AbstractContextManager[None]:
         """A claim in memory does not run out: nothing to renew."""
+        return contextlib.nullcontext()
 
     def _end(self, claim: Claim) -> _Record:
         record = self._records[claim.consumer, claim.message_id]

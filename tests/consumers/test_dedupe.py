@@ -329,3 +329,71 @@ async def test_pruning_never_removes_a_live_claim(bus: BusView, dedupe_database:
         assert isinstance(await store.claim("long", "live-1"), float)  # still held
     finally:
         await store.close()
+
+
+async def test_the_claims_and_records_of_messages_in_flight_go_together(
+    bus: BusView, dedupe_database: str
+) -> None:
+    store = await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=60)
+    rounds = {"claims": 0, "records": 0}
+    claim_all, finish_all = store._claim_all, store._finish_all
+
+    async def counted_claims(asked: list[tuple[str, str]]) -> Any:
+        rounds["claims"] += 1
+        return await claim_all(asked)
+
+    async def counted_records(claims: list[Claim]) -> Any:
+        rounds["records"] += 1
+        return await finish_all(claims)
+
+    store._claims._answer = counted_claims
+    store._dones._answer = counted_records
+    try:
+        ids = [f"id-{n}" for n in range(300)]
+        claims = await asyncio.gather(*(store.claim("batch", i) for i in ids))
+        assert all(isinstance(c, Claim) for c in claims)
+        assert [c.message_id for c in claims if isinstance(c, Claim)] == ids  # each its own
+        recorded = await asyncio.gather(*(store.finish(c) for c in claims if isinstance(c, Claim)))
+        assert recorded == [True] * 300
+        assert rounds["claims"] <= 3, rounds
+        assert rounds["records"] <= 3, rounds
+        # Asked again, together with new ones and one asked twice in the same batch.
+        again = await asyncio.gather(
+            store.claim("batch", "id-1"),
+            store.claim("batch", "fresh"),
+            store.claim("batch", "fresh"),
+        )
+        assert again[0] == "duplicate"
+        assert isinstance(again[1], Claim)
+        assert again[2] == 0.0  # the second of one id in a batch asks again, alone
+        assert isinstance(await store.claim("batch", "fresh"), float)  # held by the first
+    finally:
+        await store.close()
+    assert {r["state"] for r in await rows(dedupe_database, bus.names.prefix)} == {
+        "done",
+        "claimed",
+    }
+
+
+async def test_two_replicas_claiming_the_same_ids_in_opposite_orders_each_get_half(
+    bus: BusView, dedupe_database: str
+) -> None:
+    stores = [
+        await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=60)
+        for _ in range(2)
+    ]
+    try:
+        ids = [f"shared-{n}" for n in range(400)]
+        for _ in range(3):  # rounds: each on fresh ids
+            ids = [f"{i}-x" for i in ids]
+            first, second = await asyncio.gather(
+                asyncio.gather(*(stores[0].claim("both", i) for i in ids)),
+                asyncio.gather(*(stores[1].claim("both", i) for i in reversed(ids))),
+            )
+            mine = {c.message_id for c in first if isinstance(c, Claim)}
+            theirs = {c.message_id for c in second if isinstance(c, Claim)}
+            assert not mine & theirs  # no id claimed by both
+            assert mine | theirs == set(ids)  # and none by neither
+    finally:
+        for store in stores:
+            await store.close()
