@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TEST_PROCESSES ?= 2
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest faults chaos bench docs docs-serve rabbitmq postgres venv clean
+.PHONY: run test lint typecheck pytest faults chaos bench bench-quick docs docs-serve rabbitmq postgres venv clean
 
 venv: $(STAMP)
 
@@ -59,6 +59,14 @@ bench: venv
 		|| echo "wrk is not installed; using the built-in load generator"
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m tests.bench
+
+# The performance ratios alone (one round each, 5 s a point): about two minutes.
+bench-quick: venv
+	@deploy/local/ensure-rabbitmq "$${TEST_AMQP_URL:-}"
+	@deploy/local/ensure-postgres "$${TEST_POSTGRES_URL:-}"
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && apt-get install -y -qq wrk >/dev/null; } \
+		|| echo "wrk is not installed; using the built-in load generator"
+	$(BIN)/python -m tests.bench quick
 
 docs: venv
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,docs]'

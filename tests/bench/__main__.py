@@ -83,6 +83,10 @@ async def main() -> None:
         "e2e_p50_ms": e2e["p50_ms"],
         "worker_vs_raw": worker["worker_per_second"] / worker["raw_per_second"],
         "receiver_rss_mib": receiver_rss,
+        "info_vs_naive_uvloop": against["info_vs_naive_uvloop"],
+        "tracing_tenth_vs_off": traced["tenth_vs_off"],
+        "tracing_on_vs_off": traced["on_vs_off"],
+        "dedupe_vs_plain": dedupe["dedupe_vs_plain"],
     }
     higher_is_better = {
         "warning_vs_naive",
@@ -90,6 +94,10 @@ async def main() -> None:
         "same_vs_distinct",
         "receiver_vs_ceiling_at_64",
         "worker_vs_raw",
+        "info_vs_naive_uvloop",
+        "tracing_tenth_vs_off",
+        "tracing_on_vs_off",
+        "dedupe_vs_plain",
     }
     result = {
         "ceiling_per_second": top["per_second"],
@@ -161,7 +169,53 @@ async def history_only() -> None:
     print(f"\nwrote {RESULTS / 'history.json'}")
 
 
-PHASES = {"all": main, "history": history_only}
+# The ratios `make bench-quick` prints, with their targets (higher is better for each).
+QUICK_TARGETS = {
+    "info_vs_naive_uvloop": TARGETS["info_vs_naive_uvloop"],
+    "tenth_vs_off": TARGETS["tracing_tenth_vs_off"],
+    "on_vs_off": TARGETS["tracing_on_vs_off"],
+    "dedupe_vs_plain": TARGETS["dedupe_vs_plain"],
+    "worker_vs_raw": TARGETS["worker_vs_raw"],
+}
+
+
+async def quick() -> None:
+    """The ratios alone, from one round of each, 5 s a load point: about two minutes."""
+    from tests.bench import receiver
+
+    receiver.SECONDS = 5.0
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        print("against the naive receiver ...", flush=True)
+        against = await versus(prefix, workdir, rounds_run=1)
+        print("tracing off, at 10 % and at 100 % ...", flush=True)
+        traced = await tracing_cost(prefix, workdir, rounds=1)
+        print("workers ...", flush=True)
+        worker, _ = await workers(prefix, workdir, rounds=1)
+        print("workers with dedupe ...", flush=True)
+        dedupe = await dedupe_cost(prefix, workdir, rounds=1)
+    finally:
+        await stop_children(prefix)
+    ratios = {
+        "info_vs_naive_uvloop": against["info_vs_naive_uvloop"],
+        "tenth_vs_off": traced["tenth_vs_off"],
+        "on_vs_off": traced["on_vs_off"],
+        "dedupe_vs_plain": dedupe["dedupe_vs_plain"],
+        "worker_vs_raw": worker["worker_per_second"] / worker["raw_per_second"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    kept = {"ratios": ratios, "versus": against, "tracing": traced, "dedupe": dedupe, **worker}
+    (RESULTS / "quick.json").write_text(json.dumps(kept, indent=2, default=str))
+    print()
+    print(f"{'ratio':<24}{'value':>8}{'target':>9}  met")
+    for name, value in ratios.items():
+        target = QUICK_TARGETS[name]
+        print(f"{name:<24}{value:8.2f}{target:9.2f}  {'yes' if value >= target else 'no'}")
+    print(f"\nwrote {RESULTS / 'quick.json'}")
+
+
+PHASES = {"all": main, "history": history_only, "quick": quick}
 
 
 if __name__ == "__main__":

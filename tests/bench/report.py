@@ -16,8 +16,13 @@ TARGETS = {
     "receiver_vs_ceiling_at_64": 0.70,
     "receiver_p99_ms_at_64": 50.0,
     "e2e_p50_ms": 10.0,
-    "worker_vs_raw": 0.80,
+    "worker_vs_raw": 0.90,
     "receiver_rss_mib": 120.0,
+    # Round three: against the naive receiver on uvloop, tracing's cost, dedupe's cost.
+    "info_vs_naive_uvloop": 1.5,
+    "tracing_tenth_vs_off": 0.90,
+    "tracing_on_vs_off": 0.60,
+    "dedupe_vs_plain": 0.50,
 }
 
 
@@ -67,7 +72,11 @@ def table(result: dict[str, Any]) -> str:
             )
     traced = result.get("tracing")
     if traced:
-        for name, label in (("off", "tracing off, warning, 64"), ("on", "tracing on (100 %), 64")):
+        for name, label in (
+            ("off", "tracing off, warning, 64"),
+            ("tenth", "tracing at 10 %, 64"),
+            ("on", "tracing on (100 %), 64"),
+        ):
             point = traced["best"][name]
             rows.append(
                 (
@@ -76,6 +85,7 @@ def table(result: dict[str, Any]) -> str:
                     f"p99 {point['p99_ms']:.1f} ms  CPU {point['cpu_us']:.0f} us/req",
                 )
             )
+        rows.append(("tracing at 10 % / off", f"{traced['tenth_vs_off']:.2f}", ""))
         rows.append(
             (
                 "tracing on / off",

@@ -139,14 +139,16 @@ async def raw_loop(prefix: str) -> dict[str, float]:
     )
 
 
-async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
+async def workers(
+    prefix: str, workdir: Path, rounds: int = WORKER_ROUNDS
+) -> tuple[dict[str, Any], float]:
     """The worker next to the raw loop: alternated, best of WORKER_ROUNDS each.
 
     Rounds alternate because the machine's speed drifts. The worker runs at
     LOG_LEVEL=warning, then once more at info, which writes a line per message.
     """
     worker_runs, raw_runs = [], []
-    for _ in range(WORKER_ROUNDS):
+    for _ in range(rounds):
         raw_runs.append(await raw_loop(prefix))
         worker_runs.append(await noop_worker(prefix, workdir, "warning"))
     logged = await noop_worker(prefix, workdir, "info")
@@ -167,7 +169,7 @@ async def workers(prefix: str, workdir: Path) -> tuple[dict[str, Any], float]:
 DEDUPE_ROUNDS = 3
 
 
-async def dedupe_cost(prefix: str, workdir: Path) -> dict[str, Any]:
+async def dedupe_cost(prefix: str, workdir: Path, rounds: int = DEDUPE_ROUNDS) -> dict[str, Any]:
     """The no-op consumer with dedupe on against the same without, every id distinct.
 
     Alternated rounds, best of DEDUPE_ROUNDS each, on a PostgreSQL database of its own.
@@ -175,7 +177,7 @@ async def dedupe_cost(prefix: str, workdir: Path) -> dict[str, Any]:
     plain_runs, dedupe_runs = [], []
     # Each on a prefix of its own: both consumers bind `#`, and each must see only its own.
     async with own_database_async() as url:
-        for _ in range(DEDUPE_ROUNDS):
+        for _ in range(rounds):
             plain_runs.append(
                 await noop_worker(f"{prefix}-plain", workdir, "warning", distinct=True)
             )
@@ -198,6 +200,7 @@ async def dedupe_cost(prefix: str, workdir: Path) -> dict[str, Any]:
         "plain_cpu_us": min(run["cpu_us"] for run in plain_runs),
         "dedupe_cpu_us": min(run["cpu_us"] for run in dedupe_runs),
         "dedupe_extra_wall_us": 1e6 / dedupe["per_second"] - 1e6 / plain["per_second"],
+        "dedupe_vs_plain": dedupe["per_second"] / plain["per_second"],
     }
 
 
