@@ -41,6 +41,7 @@ log = structlog.get_logger("consumers.dedupe")
 
 TABLE = "relay_dedupe"
 POOL_SIZE = 10
+OWN_POOL_SIZE = 3
 # How often records past DEDUPE_RETENTION are removed, at most.
 PRUNE_SECONDS = 3600.0
 PRUNE_BATCH = 10_000
@@ -197,11 +198,26 @@ Busy = float  # seconds until another replica's claim runs out
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
+async def _unchanged(connection: asyncpg.Connection) -> None:
+    """What a connection of the store's own needs before going back to its pool: nothing."""
+
+
 class DedupeStore:
     """The table, a connection pool, and the claims made through them."""
 
-    def __init__(self, pool: asyncpg.Pool, scope: str, *, lease: float, retention: float) -> None:
-        self._pool = pool
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        scope: str,
+        *,
+        lease: float,
+        retention: float,
+        own: asyncpg.Pool | None = None,
+    ) -> None:
+        self._pool = pool  # handlers' transactions
+        # The store's own statements change no session state: their connections go back
+        # to their pool without asyncpg's reset, a round trip each time otherwise.
+        self._own = own or pool
         self.scope = scope
         self.lease = lease
         self.retention = retention
@@ -254,6 +270,13 @@ class DedupeStore:
     ) -> DedupeStore:
         try:
             pool = await asyncpg.create_pool(url, min_size=1, max_size=POOL_SIZE, timeout=10)
+            try:
+                own = await asyncpg.create_pool(
+                    url, min_size=1, max_size=OWN_POOL_SIZE, timeout=10, reset=_unchanged
+                )
+            except BaseException:
+                await pool.close()
+                raise
         except (*UNAVAILABLE, asyncpg.PostgresError, ValueError) as exc:
             raise StoreUnreachable(
                 f"DEDUPE_DATABASE_URL: cannot connect to {display}: {type(exc).__name__}"
@@ -264,14 +287,17 @@ class DedupeStore:
                 await connection.execute("SELECT pg_advisory_xact_lock(hashtext($1))", TABLE)
                 await connection.execute(_SCHEMA)
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            await own.close()
             await pool.close()
             raise StoreUnreachable(
                 f"DEDUPE_DATABASE_URL: cannot create table relay_dedupe in {display}: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        return cls(pool, scope, lease=lease, retention=retention)
+        return cls(pool, scope, lease=lease, retention=retention, own=own)
 
     async def close(self) -> None:
+        if self._own is not self._pool:
+            await self._own.close()
         await self._pool.close()
 
     async def claim(self, consumer: str, message_id: str) -> Claim | Literal["duplicate"] | Busy:
@@ -289,7 +315,7 @@ class DedupeStore:
     ) -> list[Claim | Literal["duplicate"] | Busy]:
         owners = {key: f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}" for key in sorted(asked)}
         keys = list(owners)
-        async with self._pool.acquire() as connection:
+        async with self._own.acquire() as connection:
             rows = await connection.fetch(
                 _CLAIMS,
                 self.scope,
@@ -327,7 +353,7 @@ class DedupeStore:
 
     async def _finish_all(self, claims: list[Claim]) -> list[bool]:
         ordered = sorted(claims, key=lambda claim: claim.key)
-        async with self._pool.acquire() as connection:
+        async with self._own.acquire() as connection:
             rows = await connection.fetch(
                 _DONES,
                 self.scope,
@@ -346,7 +372,7 @@ class DedupeStore:
     async def renew_all(self, claims: Sequence[Claim]) -> list[bool]:
         """Move these claims' leases on, in one statement; False where one is not ours now."""
         ordered = sorted(claims, key=lambda claim: claim.key)
-        async with self._pool.acquire() as connection:
+        async with self._own.acquire() as connection:
             rows = await connection.fetch(
                 _RENEWS,
                 self.scope,
@@ -364,7 +390,7 @@ class DedupeStore:
         The handlers that succeeded (`succeeded`, and on earlier attempts) are kept, so
         the retry runs only those that did not.
         """
-        async with self._pool.acquire() as connection:
+        async with self._own.acquire() as connection:
             if claim.handled or succeeded:
                 await connection.execute(_RELEASE_KEEPING, *claim.key, list(succeeded))
             else:
@@ -387,7 +413,7 @@ class DedupeStore:
     async def prune(self) -> int:
         """Remove records older than the retention; return how many."""
         removed = 0
-        async with self._pool.acquire() as connection:
+        async with self._own.acquire() as connection:
             while True:
                 status = await connection.execute(_PRUNE, self.retention, PRUNE_BATCH)
                 count = int(status.split()[-1])
