@@ -14,7 +14,17 @@ from consumers.errors import LoadError
 
 # Modules of the runtime itself, never consumers; sub-packages are never consumers either.
 _RUNTIME = frozenset(
-    {"consumer", "dedupe", "errors", "event", "loader", "patterns", "settings", "topology"}
+    {
+        "consumer",
+        "dedupe",
+        "errors",
+        "event",
+        "gathering",
+        "loader",
+        "patterns",
+        "settings",
+        "topology",
+    }
 )
 
 
