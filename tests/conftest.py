@@ -35,7 +35,7 @@ from tests.support import (
     open_bus,
     receiver_settings,
 )
-from tests.tcp_proxy import TcpProxy, proxy_to
+from tests.tools.tcp_proxy import TcpProxy, proxy_to
 from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

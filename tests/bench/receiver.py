@@ -132,7 +132,7 @@ async def receiver_points(prefix: str, workdir: Path) -> tuple[list[dict[str, An
 
 async def stubbed_point(prefix: str, workdir: Path) -> dict[str, Any]:
     """The receiver at 64 connections with publishing stubbed out: the HTTP side alone."""
-    receiver, base = await serving("tests.bench.stub_receiver", prefix, workdir)
+    receiver, base = await serving("tests.bench.subjects.stub_receiver", prefix, workdir)
     try:
         return await measure(receiver, f"{base}/webhooks/avionte", 64)
     finally:

@@ -29,8 +29,8 @@ async def purge_all(prefix: str) -> None:
 
 async def versus(prefix: str, workdir: Path, rounds_run: int = ROUNDS) -> dict[str, Any]:
     contenders = {
-        "naive": await serving("tests.bench.naive", prefix, workdir),
-        "naive_uvloop": await serving("tests.bench.naive_uvloop", prefix, workdir),
+        "naive": await serving("tests.bench.subjects.naive", prefix, workdir),
+        "naive_uvloop": await serving("tests.bench.subjects.naive_uvloop", prefix, workdir),
         "warning": await serving("service", prefix, workdir, level="warning"),
         "info": await serving("service", prefix, workdir, level="info"),
     }

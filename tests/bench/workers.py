@@ -18,9 +18,9 @@ from consumers import Consumer
 from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.shared.bus import AuthMethod, BusNames, Outgoing, Receipt, event_message
 from service.shared.envelope import parse
-from tests.bench.noop import noop
-from tests.bench.noop_dedupe import noop_dedupe
 from tests.bench.processes import peak_rss_mib, run_json, settle, start, wait_for
+from tests.bench.subjects.noop import noop
+from tests.bench.subjects.noop_dedupe import noop_dedupe
 from tests.bench.timed import timed
 from tests.databases import own_database_async
 from tests.receivers import base_env
@@ -95,7 +95,7 @@ async def noop_worker(
     workdir: Path,
     level: str,
     *,
-    module: str = "tests.bench.noop",
+    module: str = "tests.bench.subjects.noop",
     consumer: Consumer = noop,
     distinct: bool = False,
     **extra: str,
@@ -131,7 +131,7 @@ async def raw_loop(prefix: str) -> dict[str, float]:
         run_json,
         sys.executable,
         "-m",
-        "tests.bench.raw_consumer",
+        "tests.bench.subjects.raw_consumer",
         AMQP_URL,
         queue,
         str(WORKER_MESSAGES),
@@ -186,7 +186,7 @@ async def dedupe_cost(prefix: str, workdir: Path, rounds: int = DEDUPE_ROUNDS) -
                     f"{prefix}-dedupe",
                     workdir,
                     "warning",
-                    module="tests.bench.noop_dedupe",
+                    module="tests.bench.subjects.noop_dedupe",
                     consumer=noop_dedupe,
                     distinct=True,
                     DEDUPE_DATABASE_URL=url,

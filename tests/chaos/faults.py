@@ -12,7 +12,7 @@ import signal
 from tests.chaos.plan import Action
 from tests.chaos.record import Journal
 from tests.chaos.system import System
-from tests.postgres_faults import starting_up
+from tests.tools.postgres_faults import starting_up
 
 
 async def inject(system: System, action: Action, journal: Journal) -> None:

@@ -1,6 +1,6 @@
 """The system a chaos run puts under faults: all of it real, all of it the run's own.
 
-- a three-node RabbitMQ cluster (`tests.nodes`), on free loopback ports;
+- a three-node RabbitMQ cluster (`tests.tools.nodes`), on free loopback ports;
 - two receivers with spools, each reaching every node through a TCP proxy of its own
   (so one receiver's link can be cut or stalled); the second one's spool is on a small
   filesystem that can be filled;
@@ -27,11 +27,11 @@ from yarl import URL
 from tests.chaos.handlers import once
 from tests.consoles import PASSWORD, Console, start_console
 from tests.databases import ADMIN_URL, own_database_async
-from tests.nodes import Cluster, Node
 from tests.receivers import base_env, free_port
-from tests.small_fs import SmallFilesystem, in_small_filesystem
 from tests.support import API_KEYS
-from tests.tcp_proxy import TcpProxy
+from tests.tools.nodes import Cluster, Node
+from tests.tools.small_fs import SmallFilesystem, in_small_filesystem
+from tests.tools.tcp_proxy import TcpProxy
 from tests.worker_processes import WorkerProcess, start_worker
 
 HANDLERS = "tests.chaos.handlers"

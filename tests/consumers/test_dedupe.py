@@ -15,12 +15,12 @@ import pytest
 
 from consumers.dedupe import Claim, DedupeStore
 from consumers.topology import ConsumerQueues
-from tests.postgres_faults import starting_up
 from tests.receivers import free_port
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import proxy_to
+from tests.tools.postgres_faults import starting_up
+from tests.tools.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
-from tests.workers import once, once_b, once_pair
+from tests.workers.dedupe import once, once_b, once_pair
 
 pytestmark = pytest.mark.rabbit
 
@@ -79,7 +79,7 @@ async def test_two_replicas_and_thirty_deliveries_run_the_handler_once(
 ) -> None:
     replicas = [
         await spawn_worker(
-            "tests.workers.once",
+            "tests.workers.dedupe.once",
             once.consumer,
             HANDLER_SECONDS="0.3",
             METRICS_PORT=str(free_port()),
@@ -105,7 +105,7 @@ async def test_two_replicas_and_thirty_deliveries_run_the_handler_once(
 async def test_a_failed_handling_records_nothing_and_its_retry_runs(
     bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
 ) -> None:
-    await spawn_worker("tests.workers.once", once.consumer, METRICS_PORT="0", **env)
+    await spawn_worker("tests.workers.dedupe.once", once.consumer, METRICS_PORT="0", **env)
     await bus.publish_event("talent_created", CorrelationId="fails-once", Fail=True)
     await until(lambda: len(records(record, "end")) == 1)
     assert [line["attempt"] for line in records(record, "start")] == [1, 2]
@@ -119,14 +119,14 @@ async def test_a_killed_workers_claim_runs_out_and_the_redelivery_runs(
 ) -> None:
     lease = {"DEDUPE_LEASE": "2", "METRICS_PORT": "0"}
     doomed = await spawn_worker(
-        "tests.workers.once", once.consumer, HANDLER_SECONDS="60", **lease, **env
+        "tests.workers.dedupe.once", once.consumer, HANDLER_SECONDS="60", **lease, **env
     )
     await bus.publish_event("talent_created", CorrelationId="killed-1")
     await until(lambda: len(records(record, "start")) == 1)
     doomed.process.send_signal(signal.SIGKILL)
     await doomed.process.wait()
     killed_at = time.monotonic()
-    await spawn_worker("tests.workers.once", once.consumer, **lease, **env)
+    await spawn_worker("tests.workers.dedupe.once", once.consumer, **lease, **env)
     await until(lambda: len(records(record, "end")) == 1, within=30)
     [first, second] = records(record, "start")
     assert first["pid"] == doomed.process.pid
@@ -137,8 +137,8 @@ async def test_a_killed_workers_claim_runs_out_and_the_redelivery_runs(
 async def test_two_consumers_are_independent(
     bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
 ) -> None:
-    await spawn_worker("tests.workers.once", once.consumer, METRICS_PORT="0", **env)
-    await spawn_worker("tests.workers.once_b", once_b.consumer, METRICS_PORT="0", **env)
+    await spawn_worker("tests.workers.dedupe.once", once.consumer, METRICS_PORT="0", **env)
+    await spawn_worker("tests.workers.dedupe.once_b", once_b.consumer, METRICS_PORT="0", **env)
     await publish_same(bus, "shared-1", 3)
     await until(lambda: len(records(record, "end")) == 2)
     await asyncio.sleep(0.5)
@@ -151,7 +151,7 @@ async def test_records_past_the_retention_are_removed(
     bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
 ) -> None:
     await spawn_worker(
-        "tests.workers.once", once.consumer, DEDUPE_RETENTION="1", METRICS_PORT="0", **env
+        "tests.workers.dedupe.once", once.consumer, DEDUPE_RETENTION="1", METRICS_PORT="0", **env
     )
     await bus.publish_event("talent_created", CorrelationId="short-lived")
     await until(lambda: len(records(record, "end")) == 1)
@@ -169,7 +169,11 @@ async def test_database_effects_commit_with_the_record_exactly_once(
     await connection.execute("CREATE TABLE IF NOT EXISTS once_effects (message_id text, pid int)")
     for _ in range(2):
         await spawn_worker(
-            "tests.workers.once", once.consumer, HANDLER_SECONDS="0.1", METRICS_PORT="0", **env
+            "tests.workers.dedupe.once",
+            once.consumer,
+            HANDLER_SECONDS="0.1",
+            METRICS_PORT="0",
+            **env,
         )
     await publish_same(bus, "effect-1", 10, Effect=True, FailInside=True)
     await until(lambda: len(records(record, "end")) == 1)
@@ -185,7 +189,7 @@ async def test_an_unreachable_database_holds_the_message_until_it_is_back(
 ) -> None:
     async with proxy_to(env["DEDUPE_DATABASE_URL"]) as (proxy, through):
         worker = await spawn_worker(
-            "tests.workers.once",
+            "tests.workers.dedupe.once",
             once.consumer,
             METRICS_PORT="0",
             **{**env, "DEDUPE_DATABASE_URL": through},
@@ -230,7 +234,7 @@ async def test_a_database_url_that_cannot_be_used_stops_the_worker_in_one_line(
         settings["DEDUPE_DATABASE_URL"] = url
     log = tmp_path / "worker.log"
     with pytest.raises(AssertionError, match="worker exited 2"):
-        await start_worker("tests.workers.once", log, settings)
+        await start_worker("tests.workers.dedupe.once", log, settings)
     lines = log.read_text().strip().splitlines()
     assert lines[-1].startswith(expected), lines
     assert "31337" not in log.read_text()
@@ -245,7 +249,7 @@ async def test_a_worker_started_while_the_database_is_down_waits_for_it(
 
         async def start() -> WorkerProcess:
             return await spawn_worker(
-                "tests.workers.once",
+                "tests.workers.dedupe.once",
                 once.consumer,
                 METRICS_PORT="0",
                 **{**env, "DEDUPE_DATABASE_URL": through},
@@ -269,7 +273,7 @@ async def test_a_database_restart_while_a_handler_runs_never_runs_it_twice(
     # database to record the success, not hand the message back to be run again.
     async with proxy_to(env["DEDUPE_DATABASE_URL"]) as (proxy, through):
         worker = await spawn_worker(
-            "tests.workers.once",
+            "tests.workers.dedupe.once",
             once.consumer,
             HANDLER_SECONDS="3",
             DEDUPE_LEASE="2",
@@ -299,7 +303,11 @@ async def test_one_handlers_commit_does_not_hide_anothers_failure(
     bus: BusView, spawn_worker: SpawnWorker, env: dict[str, str], record: Path
 ) -> None:
     worker = await spawn_worker(
-        "tests.workers.once_pair", once_pair.consumer, METRICS_PORT="0", LOG_FORMAT="json", **env
+        "tests.workers.dedupe.once_pair",
+        once_pair.consumer,
+        METRICS_PORT="0",
+        LOG_FORMAT="json",
+        **env,
     )
     await bus.publish_event("talent_created", CorrelationId="pair-1")
     await until(lambda: len(records(record, "fails_first")) == 2)

@@ -1,4 +1,4 @@
-"""Processes for the fault suite: receivers and counting workers (nodes: `tests.nodes`)."""
+"""Processes for the fault suite: receivers and counting workers (nodes: `tests.tools.nodes`)."""
 
 from __future__ import annotations
 

@@ -36,12 +36,12 @@ from service.http.app import WEBHOOK_PATH
 from service.shared.bus import BusNames
 from tests.faults.harness import Harness, Process
 from tests.faults.load import Load, deliveries, retryable, run_load
-from tests.nodes import Cluster, Node
-from tests.small_fs import SmallFilesystem, in_small_filesystem
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import TcpProxy, proxy_to
+from tests.tools.nodes import Cluster, Node
+from tests.tools.small_fs import SmallFilesystem, in_small_filesystem
+from tests.tools.tcp_proxy import TcpProxy, proxy_to
 from tests.worker_processes import start_worker
-from tests.workers import fail_once
+from tests.workers.failures import fail_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
 
@@ -407,7 +407,7 @@ async def test_retries_come_back_when_the_main_queues_leader_dies(
             main = ConsumerQueues(harness.prefix, "fail-once").main
             assert {q["leader"] for q in listed if q["name"].startswith(main)} == {leader_node.name}
             worker = await start_worker(
-                "tests.workers.fail_once",
+                "tests.workers.failures.fail_once",
                 tmp_path / "worker.log",
                 {
                     "AMQP_URL": worker_node.url,

@@ -12,7 +12,7 @@ import pytest
 
 from tests.receivers import Receiver, SpawnReceiver, base_env, readyz, run_service
 from tests.support import AMQP_URL, API_KEYS, SHARED_SECRETS, BusView, fixture_bodies, status_line
-from tests.tcp_proxy import proxy_to
+from tests.tools.tcp_proxy import proxy_to
 
 BROKER_PASSWORD = "guest"
 

@@ -1,6 +1,6 @@
 """The operator console in a real browser (Chromium, driven by Playwright), on the real broker.
 
-Dead letters are made by a real worker (`tests.workers.failing`), which then stops,
+Dead letters are made by a real worker (`tests.workers.failures.failing`), which then stops,
 so that what a replay sends back stays in its queue to be counted.
 """
 
@@ -32,10 +32,10 @@ from tests.consoles import (
     operator_page,
     start_console,
 )
-from tests.nodes import free_port
 from tests.support import BusView
+from tests.tools.nodes import free_port
 from tests.worker_processes import SpawnWorker, run_cli
-from tests.workers import failing
+from tests.workers.failures import failing
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]
 
@@ -59,7 +59,9 @@ async def until_depth(bus: BusView, queue: str, wanted: int, within: float = 20)
 async def dead_letters(bus: BusView, spawn_worker: SpawnWorker, tmp_path: Path) -> list[str]:
     """LETTERS dead letters of `failing`, made by a real worker that has stopped since."""
     worker = await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(tmp_path / "records.jsonl")
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(tmp_path / "records.jsonl"),
     )
     ids = []
     for n in range(LETTERS):

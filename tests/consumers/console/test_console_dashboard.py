@@ -32,9 +32,9 @@ from tests.consumers.console.test_console_history import SAMPLES, _entry
 from tests.databases import own_database_async
 from tests.receivers import SpawnReceiver
 from tests.support import AMQP_URL, BusView, consumer_queue_names
-from tests.tcp_proxy import proxy_to
+from tests.tools.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker
-from tests.workers import failing
+from tests.workers.failures import failing
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(150)]
 
@@ -81,7 +81,9 @@ async def test_the_overview_says_what_each_consumer_handled_and_failed_lately(
     bus.forget_later(*consumer_queue_names(bus.names.prefix, slow))
     await declare_consumer_topology(bus.channel, bus.names, slow)
     worker = await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(tmp_path / "records.jsonl")
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(tmp_path / "records.jsonl"),
     )
     for n in range(7):
         fields = {"Reject": "no such placement"} if n < 3 else {}
@@ -168,7 +170,9 @@ async def test_a_dead_letter_shows_its_times_traceback_and_replays_and_filters_s
     bus: BusView, spawn_worker: SpawnWorker, chromium: Browser, tmp_path: Path
 ) -> None:
     worker = await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(tmp_path / "records.jsonl")
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(tmp_path / "records.jsonl"),
     )
     dead = ConsumerQueues(bus.names.prefix, "failing").dead
     ids = [
@@ -225,7 +229,9 @@ async def test_every_page_fits_400_px_and_no_request_fails(
     bus: BusView, spawn_worker: SpawnWorker, chromium: Browser, tmp_path: Path
 ) -> None:
     worker = await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(tmp_path / "records.jsonl")
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(tmp_path / "records.jsonl"),
     )
     long = "a-very-long-reason-" * 12
     await bus.publish_event("placement_updated", Reject=long)

@@ -45,8 +45,8 @@ from tests.consoles import (
 from tests.consumers.console.test_console import basic, depth
 from tests.databases import PASSWORD as DATABASE_PASSWORD
 from tests.databases import own_database
-from tests.nodes import free_port
 from tests.support import AMQP_URL, BusView, consumer_queue_names
+from tests.tools.nodes import free_port
 from tests.worker_processes import SpawnWorker
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]

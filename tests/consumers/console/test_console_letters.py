@@ -16,8 +16,8 @@ from aio_pika.abc import AbstractChannel
 from pamqp.common import FieldTable
 
 from consumers.console.letters import Filter, act, find, listing
-from tests.policies import policy
 from tests.support import AMQP_URL, BusView
+from tests.tools.policies import policy
 
 pytestmark = pytest.mark.rabbit
 

@@ -16,7 +16,7 @@ from consumers.topology import ConsumerQueues
 from tests.consumers.history.conftest import entry
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView, consumer_queue_names
-from tests.tcp_proxy import TcpProxy
+from tests.tools.tcp_proxy import TcpProxy
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import crm_old, talent_v1
 

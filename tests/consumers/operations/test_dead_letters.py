@@ -14,8 +14,8 @@ from consumers import Consumer, Event, Reject
 from consumers.operations.dead import folded, inspect_dead
 from consumers.topology import ConsumerQueues
 from tests.conftest import WorkerFactory
-from tests.policies import policy
 from tests.support import AMQP_URL, BusView
+from tests.tools.policies import policy
 from tests.worker_processes import run_cli
 
 pytestmark = pytest.mark.rabbit

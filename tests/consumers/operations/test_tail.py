@@ -11,7 +11,7 @@ import pytest
 
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import TcpProxy
+from tests.tools.tcp_proxy import TcpProxy
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import talent_v1, talent_v2
 

@@ -19,7 +19,7 @@ from service.observability.redaction import MASK
 from service.shared.environment import url_passwords
 from tests.support import AMQP_URL, BusView
 from tests.worker_processes import SpawnWorker
-from tests.workers import raising
+from tests.workers.failures import raising
 
 
 def raised(function: Any, *args: Any) -> BaseException:
@@ -141,7 +141,7 @@ async def test_a_dead_letter_tells_where_its_handler_failed_and_no_secret(
 ) -> None:
     database_password = f"pg-{uuid.uuid4().hex}"
     worker = await spawn_worker(
-        "tests.workers.raising",
+        "tests.workers.failures.raising",
         raising.consumer,
         METRICS_PORT="0",
         LOG_FORMAT="json",

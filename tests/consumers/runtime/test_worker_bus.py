@@ -18,7 +18,7 @@ from consumers.topology import ConsumerQueues
 from tests.conftest import WorkerFactory
 from tests.receivers import ROOT
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import proxy_to
+from tests.tools.tcp_proxy import proxy_to
 
 pytestmark = pytest.mark.rabbit
 

@@ -15,11 +15,11 @@ import pytest
 from pamqp.commands import Basic
 
 from consumers.topology import ConsumerQueues
-from tests.raw_amqp import publish_raw
 from tests.receivers import free_port
 from tests.support import AMQP_URL, BusView
+from tests.tools.raw_amqp import publish_raw
 from tests.worker_processes import SpawnWorker
-from tests.workers import failing, stuck, two_failing
+from tests.workers.failures import failing, stuck, two_failing
 
 pytestmark = pytest.mark.rabbit
 
@@ -62,7 +62,7 @@ async def test_an_error_text_no_log_can_encode_neither_stalls_nor_loses(
 ) -> None:
     record = tmp_path / "records.jsonl"
     worker = await spawn_worker(
-        "tests.workers.failing",
+        "tests.workers.failures.failing",
         failing.consumer,
         RECORD_FILE=str(record),
         LOG_FORMAT=log_format,
@@ -97,7 +97,7 @@ async def test_a_reject_raised_in_a_task_group_dead_letters_at_once(
     bus: BusView, spawn_worker: SpawnWorker, tmp_path: Path
 ) -> None:
     await spawn_worker(
-        "tests.workers.failing",
+        "tests.workers.failures.failing",
         failing.consumer,
         RECORD_FILE=str(tmp_path / "r"),
         METRICS_PORT="0",
@@ -115,7 +115,7 @@ async def test_a_returned_copy_is_never_charged_to_another_message(
 ) -> None:
     port = free_port()
     worker = await spawn_worker(
-        "tests.workers.two_failing",
+        "tests.workers.failures.two_failing",
         two_failing.first,
         two_failing.second,
         METRICS_PORT=str(port),
@@ -160,7 +160,7 @@ async def test_sigterm_is_bounded_though_a_handler_thread_is_stuck(
 ) -> None:
     record = tmp_path / "started"
     worker = await spawn_worker(
-        "tests.workers.stuck",
+        "tests.workers.failures.stuck",
         stuck.consumer,
         RECORD_FILE=str(record),
         SHUTDOWN_TIMEOUT="2",
@@ -185,7 +185,10 @@ async def test_copies_of_a_message_without_an_id_carry_the_events_id(
 ) -> None:
     record = tmp_path / "records.jsonl"
     await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(record), METRICS_PORT="0"
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(record),
+        METRICS_PORT="0",
     )
     correlation_id = str(uuid.uuid4())
     body = {"EventName": "talent_created", "CorrelationId": correlation_id, "Fail": "again"}

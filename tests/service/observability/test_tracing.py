@@ -21,9 +21,10 @@ from service.http.app import WEBHOOK_PATH
 from tests.collector import CONSUMER, ERROR, INTERNAL, PRODUCER, SERVER, Collector, Span
 from tests.receivers import ROOT, SpawnReceiver, base_env, deliver
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import proxy_to
+from tests.tools.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker
-from tests.workers import counter, failing, recorder
+from tests.workers import counter, recorder
+from tests.workers.failures import failing
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]
 
@@ -117,7 +118,7 @@ async def test_a_retry_is_in_the_same_trace_with_the_error_recorded(
     tmp_path: Path,
 ) -> None:
     await spawn_worker(
-        "tests.workers.failing",
+        "tests.workers.failures.failing",
         failing.consumer,
         RECORD_FILE=str(tmp_path / "records.jsonl"),
         **collector.env("relay-worker"),

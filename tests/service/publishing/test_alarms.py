@@ -19,9 +19,9 @@ from typing import Any
 import aio_pika
 import pytest
 
-from tests.nodes import Node
 from tests.receivers import Receiver, SpawnReceiver, deliver
 from tests.support import BusView, open_bus
+from tests.tools.nodes import Node
 from tests.worker_processes import start_worker
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]

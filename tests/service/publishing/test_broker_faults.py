@@ -19,7 +19,7 @@ from service.shared.environment import Secret
 from tests.conftest import ReceiverFactory
 from tests.receivers import base_env, free_port
 from tests.support import AMQP_URL, API_KEYS, BusView, auth_headers, receiver_settings
-from tests.tcp_proxy import TcpProxy
+from tests.tools.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 

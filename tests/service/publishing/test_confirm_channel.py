@@ -19,7 +19,7 @@ from service.publishing.confirm_channel import ConfirmChannel, Incompatible
 from service.shared.bus import AuthMethod, Outgoing, Receipt, event_message
 from service.shared.envelope import parse
 from tests.support import AMQP_URL, BusView
-from tests.tcp_proxy import TcpProxy
+from tests.tools.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 

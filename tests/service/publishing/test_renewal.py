@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from aio_pika import Message
 
-from tests.policies import policy
 from tests.receivers import Receiver, SpawnReceiver, deliver
 from tests.support import BusView
+from tests.tools.policies import policy
 from tests.worker_processes import SpawnWorker
-from tests.workers import failing
+from tests.workers.failures import failing
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(90)]
 
@@ -53,7 +53,10 @@ async def test_a_worker_sends_copies_on_a_new_channel_after_a_nack(
 ) -> None:
     record = tmp_path / "records.jsonl"
     worker = await spawn_worker(
-        "tests.workers.failing", failing.consumer, RECORD_FILE=str(record), LOG_FORMAT="json"
+        "tests.workers.failures.failing",
+        failing.consumer,
+        RECORD_FILE=str(record),
+        LOG_FORMAT="json",
     )
     dead = f"{bus.names.prefix}.failing.dead"
     with policy(f"^{re.escape(dead)}$", REFUSE, queue=dead):

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from service.settings import Settings
-from tests.nodes import Node, free_port
 from tests.receivers import Receiver, SpawnReceiver, deliver
 from tests.support import (
     AMQP_URL,
     BusView,
     open_bus,
 )
+from tests.tools.nodes import Node, free_port
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import recorder
 

@@ -18,7 +18,7 @@ from service.spool.parked import ParkedRecords
 from service.spool.segments import SEGMENT_SUFFIX, Spool
 from tests.receivers import ROOT
 from tests.service.spool.test_spool import message
-from tests.small_fs import in_small_filesystem
+from tests.tools.small_fs import in_small_filesystem
 
 FAST = (0.01,)
 

@@ -17,11 +17,11 @@ import pytest
 from aio_pika.abc import AbstractQueue
 
 from service.http.app import WEBHOOK_PATH
-from tests.policies import policy
 from tests.receivers import Receiver, SpawnReceiver, base_env
-from tests.small_fs import SmallFilesystem, in_small_filesystem
 from tests.support import AMQP_URL, API_KEYS, BusView
-from tests.tcp_proxy import TcpProxy
+from tests.tools.policies import policy
+from tests.tools.small_fs import SmallFilesystem, in_small_filesystem
+from tests.tools.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 

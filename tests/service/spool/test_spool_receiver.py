@@ -18,7 +18,7 @@ from service.http.app import WEBHOOK_PATH, create_app
 from service.shared.environment import Secret
 from tests.receivers import ROOT, run_service
 from tests.support import AMQP_URL, API_KEYS, BusView, auth_headers, receiver_settings
-from tests.tcp_proxy import TcpProxy
+from tests.tools.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers import Consumer
-from tests.workers.once import handle
+from tests.workers.dedupe.once import handle
 
 consumer = Consumer("once-b", retry_delays=(0.2,), dedupe=True)
 consumer.on("#")(handle)

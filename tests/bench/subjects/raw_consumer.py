@@ -1,6 +1,6 @@
 """A bare aio-pika consume-and-ack loop: the yardstick for the worker's own throughput.
 
-Usage: python -m tests.bench.raw_consumer AMQP_URL QUEUE COUNT PREFETCH
+Usage: python -m tests.bench.subjects.raw_consumer AMQP_URL QUEUE COUNT PREFETCH
 Prints one JSON line: messages acked per second from the first delivery to the last,
 and the CPU time per message.
 """

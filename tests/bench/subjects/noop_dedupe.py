@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from consumers import Consumer
-from tests.bench.noop import nothing
+from tests.bench.subjects.noop import nothing
 
 noop_dedupe = Consumer("bench-noop-dedupe", concurrency=64, dedupe=True)
 noop_dedupe.on("#")(nothing)

@@ -4,7 +4,7 @@ fails its first attempt. Each records what it starts in `RECORD_FILE`."""
 from __future__ import annotations
 
 from consumers import Consumer, Event
-from tests.workers.once import _record
+from tests.workers.dedupe.once import _record
 
 consumer = Consumer("once-pair", retry_delays=(0.2, 0.2), dedupe=True)
 

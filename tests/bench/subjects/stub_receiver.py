@@ -1,6 +1,6 @@
 """The receiver with a publisher that confirms at once: what the HTTP side costs alone.
 
-Usage: python -m tests.bench.stub_receiver, configured like `python -m service`.
+Usage: python -m tests.bench.subjects.stub_receiver, configured like `python -m service`.
 Nothing reaches a broker, so it answers 200 without the guarantee; the benchmark
 uses it only to split the receiver's cost between HTTP and publishing.
 """

@@ -5,7 +5,7 @@ import os
 import uvloop
 from aiohttp import web
 
-from tests.bench.naive import main
+from tests.bench.subjects.naive import main
 
 if __name__ == "__main__":
     web.run_app(

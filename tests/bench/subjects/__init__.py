@@ -1,0 +1,1 @@
+"""What the benchmark measures ours against, and the consumers it drains queues with."""

@@ -1,0 +1,1 @@
+"""Consumers with dedupe on, for the tests of once per message id."""

@@ -1,0 +1,1 @@
+"""Consumers that fail on purpose, in the ways the worker tests need."""
