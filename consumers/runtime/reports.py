@@ -98,10 +98,9 @@ class Reporter:
     _last: float = 0.0
 
     async def run(self, connection: AbstractConnection) -> None:
-        """Report until cancelled, on a channel of `connection`."""
+        """Report until cancelled, on a channel of `connection` (the worker declared the stream)."""
         channel = await connection.channel(publisher_confirms=False)
         try:
-            await declare(channel, self.names)
             while True:
                 await self.report(channel)
                 await asyncio.sleep(EVERY)

@@ -31,7 +31,7 @@ from consumers.consumer import Consumer, check_unique
 from consumers.dedupe import Patience, open_store
 from consumers.event import ATTEMPT, attempt_of, event_from, routing_key_of
 from consumers.operations.registry import enrol
-from consumers.runtime import resources
+from consumers.runtime import reports, resources
 from consumers.runtime.copies import Copies
 from consumers.runtime.failures import failure_headers, requeue_pause
 from consumers.runtime.fate import SETTLED, Call, decide, direct
@@ -220,6 +220,9 @@ class Worker:
                 opened.append(publisher)
                 await session.watch(publisher)
                 self._copies.use(session, publisher)
+                # Created here, where the race of replicas starting together is retried,
+                # rather than by the reports once the worker has started.
+                await reports.declare(publisher, self._names)
                 running = []
                 for consumer in self._consumers:
                     running.append(await self._start(session.consuming, consumer, opened))
