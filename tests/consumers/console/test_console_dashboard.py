@@ -18,7 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, Response, ViewportSize, expect
+from playwright.async_api import Browser, Page, Request, Response, ViewportSize, expect
 
 from consumers.consumer import Consumer
 from consumers.history.store import HistoryStore, open_pool
@@ -59,7 +59,14 @@ async def watched_page(
         viewport=viewport or {"width": 1280, "height": 800},
     )
     failed: list[str] = []
-    context.on("requestfailed", lambda request: failed.append(f"failed {request.url}"))
+
+    def broke(request: Request) -> None:
+        # A request the browser itself dropped as the page moved on (the icon, mostly)
+        # did not fail: anything else did.
+        if request.failure != "net::ERR_ABORTED":
+            failed.append(f"failed {request.url}: {request.failure}")
+
+    context.on("requestfailed", broke)
 
     def answered(response: Response) -> None:
         if response.status >= 400:
