@@ -352,17 +352,22 @@ class DedupeStore:
         return answers
 
     async def _finish_all(self, claims: list[Claim]) -> list[bool]:
+        return await self._each_claim(_DONES, claims)
+
+    async def _each_claim(self, sql: str, claims: Sequence[Claim], *extra: object) -> list[bool]:
+        """`sql` over these claims in one statement (keys in order); True where it took."""
         ordered = sorted(claims, key=lambda claim: claim.key)
         async with self._own.acquire() as connection:
             rows = await connection.fetch(
-                _DONES,
+                sql,
                 self.scope,
                 [claim.consumer for claim in ordered],
                 [claim.message_id for claim in ordered],
                 [claim.owner for claim in ordered],
+                *extra,
             )
-        recorded = {row["owner"] for row in rows}
-        return [claim.owner in recorded for claim in claims]
+        took = {row["owner"] for row in rows}
+        return [claim.owner in took for claim in claims]
 
     async def renew(self, claim: Claim) -> bool:
         """Move the lease on; False if the claim is no longer this replica's."""
@@ -371,18 +376,7 @@ class DedupeStore:
 
     async def renew_all(self, claims: Sequence[Claim]) -> list[bool]:
         """Move these claims' leases on, in one statement; False where one is not ours now."""
-        ordered = sorted(claims, key=lambda claim: claim.key)
-        async with self._own.acquire() as connection:
-            rows = await connection.fetch(
-                _RENEWS,
-                self.scope,
-                [claim.consumer for claim in ordered],
-                [claim.message_id for claim in ordered],
-                [claim.owner for claim in ordered],
-                self.lease,
-            )
-        renewed = {row["owner"] for row in rows}
-        return [claim.owner in renewed for claim in claims]
+        return await self._each_claim(_RENEWS, claims, self.lease)
 
     async def release(self, claim: Claim, succeeded: Sequence[str] = ()) -> None:
         """End a claim whose handling failed, so that its retry runs at once.
