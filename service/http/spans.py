@@ -27,41 +27,50 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) -> Handler:
-    """`handler` inside a SERVER span per request.
+    """`handler` inside a SERVER span per request, timed from the request's arrival.
 
-    The span starts once the handler knows whether the delivery authenticated (it calls
-    `SPAN_START`), timed from the request's arrival. Its parent is the sender's
-    `traceparent` only with `continue_sender` and an authenticated delivery: otherwise
-    anyone could choose our sampling and write into our traces.
+    Without `continue_sender` every delivery starts a trace of our own, so its sampling
+    is decided before anything else: a dropped one runs `handler` with its ids alone
+    (`sampling.dropped`), no span and no closure. With it, the span starts once the
+    handler knows whether the delivery authenticated (it calls `SPAN_START`): only an
+    authenticated delivery's `traceparent` may be the parent, or anyone could choose our
+    sampling and write into our traces.
     """
     name = f"POST {route}"
 
-    async def serve(request: web.Request) -> web.StreamResponse:
+    async def own(request: web.Request) -> web.StreamResponse:
+        arrived = time.time_ns()
+        verdict = sampling.decide(tracer, name)
+        request[SPAN_START] = _started
+        if isinstance(verdict, Dropped):
+            dropping = sampling.dropped.set(verdict)
+            try:
+                return await handler(request)
+            finally:
+                sampling.dropped.reset(dropping)
+        with sampling.chosen(verdict) if verdict is not None else nullcontext():
+            span = _start(tracer, name, request, route, Context(), arrived)
+        return await _within(span, handler, request)
+
+    async def continued(request: web.Request) -> web.StreamResponse:
         arrived = time.time_ns()
         span: Any = None
+        settled = False
         token: object = None
-        decided = False
         dropping: Token[Dropped | None] | None = None
 
         def start(authenticated: bool) -> None:
-            nonlocal span, token, decided, dropping
-            if decided:
+            nonlocal span, settled, token, dropping
+            if settled:
                 return
-            decided = True
-            trusted = continue_sender and authenticated
-            verdict = None if trusted else sampling.decide(tracer, name)
+            settled = True
+            verdict = None if authenticated else sampling.decide(tracer, name)
             if isinstance(verdict, Dropped):
-                # Not sampled: no span, no context, no attributes; the ids alone go on.
                 dropping = sampling.dropped.set(verdict)
                 return
+            parent = propagate.extract(request.headers) if authenticated else Context()
             with sampling.chosen(verdict) if verdict is not None else nullcontext():
-                span = tracer.start_span(
-                    name,
-                    context=propagate.extract(request.headers) if trusted else Context(),
-                    kind=SpanKind.SERVER,
-                    attributes=_http_attributes(request, route),
-                    start_time=arrived,
-                )
+                span = _start(tracer, name, request, route, parent, arrived)
             # Current for the rest of the request: its children and its log line see it.
             token = context.attach(trace.set_span_in_context(span))
 
@@ -69,29 +78,70 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         try:
             response = await handler(request)
             start(False)
-            if span is not None:
-                span.set_attribute("http.response.status_code", response.status)
-                outcome = request.get(OUTCOME)
-                if outcome:
-                    span.set_attribute("relay.outcome", outcome)
-                if response.status >= 500:
-                    span.set_status(Status(StatusCode.ERROR))
-            return response
-        except Exception as error:
+        except BaseException as error:
             start(False)
             if span is not None:
-                span.record_exception(error)
-                span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                _failed(span, error)
             raise
         finally:
-            if span is not None:
-                span.end()
+            # `start` refers to the request, which must not keep it: that cycle would
+            # leave every request to the garbage collector.
+            request[SPAN_START] = _started
             if token is not None:
                 context.detach(token)  # type: ignore[arg-type]
             if dropping is not None:
                 sampling.dropped.reset(dropping)
+        return response if span is None else _ended(span, response, request)
 
-    return serve
+    return continued if continue_sender else own
+
+
+def _started(authenticated: bool) -> None:
+    """`SPAN_START` once the delivery's span (or its sampling) is settled."""
+
+
+def _start(
+    tracer: Any, name: str, request: web.Request, route: str, parent: Context, arrived: int
+) -> Any:
+    return tracer.start_span(
+        name,
+        context=parent,
+        kind=SpanKind.SERVER,
+        attributes=_http_attributes(request, route),
+        start_time=arrived,
+    )
+
+
+async def _within(span: Any, handler: Handler, request: web.Request) -> web.StreamResponse:
+    """Run `handler` with `span` current (its children and log line see it), then end it."""
+    token = context.attach(trace.set_span_in_context(span))
+    try:
+        response = await handler(request)
+    except BaseException as error:
+        _failed(span, error)
+        raise
+    finally:
+        context.detach(token)
+    return _ended(span, response, request)
+
+
+def _failed(span: Any, error: BaseException) -> None:
+    """End `span` for a handler that raised; a cancelled request is not an error."""
+    if isinstance(error, Exception):
+        span.record_exception(error)
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    span.end()
+
+
+def _ended(span: Any, response: web.StreamResponse, request: web.Request) -> web.StreamResponse:
+    span.set_attribute("http.response.status_code", response.status)
+    outcome = request.get(OUTCOME)
+    if outcome:
+        span.set_attribute("relay.outcome", outcome)
+    if response.status >= 500:
+        span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    return response
 
 
 def _http_attributes(request: web.Request, route: str) -> dict[str, Any]:
