@@ -14,7 +14,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aio_pika
@@ -32,6 +32,7 @@ from consumers.dedupe import Patience, open_store
 from consumers.event import ATTEMPT, attempt_of, event_from, routing_key_of
 from consumers.operations.registry import enrol
 from consumers.runtime import reports, resources
+from consumers.runtime.acks import Acks
 from consumers.runtime.copies import Copies
 from consumers.runtime.failures import failure_headers, requeue_pause
 from consumers.runtime.fate import SETTLED, Call, decide, direct
@@ -72,6 +73,7 @@ class _Running:
     queue: AbstractQueue
     once: Patience | None = None  # the dedupe store, for a consumer with dedupe on
     returns: Returns | None = None  # due retries brought back by this worker
+    acks: Acks = field(default_factory=Acks)  # of this channel's deliveries
     tag: str = ""
     handling: int = 0
 
@@ -334,6 +336,7 @@ class Worker:
             if not message.processed:
                 await asyncio.sleep(requeue_pause(message))
                 await settle(message.nack(requeue=True))
+                running.acks.settled(message)
                 outcome = "requeued"
             quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
         finally:
@@ -368,7 +371,7 @@ class Worker:
         )
         fate = await decide(running.consumer, event, once=running.once, call=self._call(running))
         if fate.outcome in SETTLED:
-            await settle(message.ack())
+            await settle(running.acks.ack(message))
             return fate.outcome
         assert fate.failure is not None
         if self._spans is not None:
@@ -384,6 +387,7 @@ class Worker:
         extra[ATTEMPT] = attempt + 1
         target = running.queues.retry(fate.delay)
         forwarded = await self._copies.forward(message, event.message_id, target, extra)
+        running.acks.settled(message)
         return "retried" if forwarded else "requeued"
 
     def _call(self, running: _Running) -> Call:
@@ -404,6 +408,7 @@ class Worker:
     ) -> str:
         extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
         forwarded = await self._copies.forward(message, message_id, running.queues.dead, extra)
+        running.acks.settled(message)
         return outcome if forwarded else "requeued"
 
 
