@@ -19,16 +19,19 @@ import asyncio
 
 from aio_pika.abc import AbstractIncomingMessage
 
-
 # How long an ack waits for others to go with it; a prefetch slot is held that long more.
 GATHER_SECONDS = 0.002
+# Settled tags kept above one that is not (a handler that runs for hours). Beyond this
+# many, the window stops gathering for the rest of the channel's life: memory stays
+# bounded, and single acks are always right.
+MOST_TRACKED = 4096
 
 
 class Acks:
     """The acks of one consumer channel's deliveries; made anew with each channel."""
 
     def __init__(self) -> None:
-        self._floor = 0  # every tag up to this one is settled
+        self._floor = 0  # every tag up to this one is settled; -1 once it stopped tracking
         self._settled: set[int] = set()  # settled tags above the floor
         self._ready: dict[int, tuple[AbstractIncomingMessage, asyncio.Future[None]]] = {}
         self._flushing: asyncio.Task[None] | None = None
@@ -51,10 +54,15 @@ class Acks:
             self._done(message.delivery_tag)
 
     def _done(self, tag: int) -> None:
+        if self._floor < 0:
+            return
         self._settled.add(tag)
         while self._floor + 1 in self._settled:
             self._floor += 1
             self._settled.discard(self._floor)
+        if len(self._settled) > MOST_TRACKED:
+            self._floor = -1  # never 0 or more again: no run can start
+            self._settled.clear()
 
     async def _flush(self) -> None:
         # Deliveries reach their handlers a turn or more apart: wait a moment for company.
@@ -62,7 +70,7 @@ class Acks:
         self._flushing = None
         ready, self._ready = self._ready, {}
         top = self._floor
-        while top + 1 in ready or top + 1 in self._settled:
+        while top >= 0 and (top + 1 in ready or top + 1 in self._settled):
             top += 1
         run = sorted(tag for tag in ready if tag <= top)
         sends = [self._send(ready, [tag]) for tag in ready if tag > top]

@@ -86,11 +86,18 @@ async def _left(connection: aio_pika.abc.AbstractConnection, name: str) -> list[
     return sorted(left)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("seed", "most"), [(1, 4096), (2, 4096), (3, 4096), (4, 4096), (5, 5)])
 async def test_a_multiple_ack_never_settles_a_message_still_handled_or_sent_back(
-    queue: tuple[aio_pika.abc.AbstractConnection, str], seed: int
+    queue: tuple[aio_pika.abc.AbstractConnection, str],
+    seed: int,
+    most: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Handlers finish in a random order; some hold on, some nack, the rest ack."""
+    """Handlers finish in a random order; some hold on, some nack, the rest ack.
+
+    With `most` at 5, the window stops gathering early on, behind a held message.
+    """
+    monkeypatch.setattr(acks_module, "MOST_TRACKED", most)
     own, name = queue
     chance = random.Random(seed)
     numbers = list(range(COUNT))
