@@ -35,17 +35,21 @@ class Acks:
         self._settled: set[int] = set()  # settled tags above the floor
         self._ready: dict[int, tuple[AbstractIncomingMessage, asyncio.Future[None]]] = {}
         self._flushing: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def ack(self, message: AbstractIncomingMessage) -> asyncio.Future[None]:
         """Ack `message` with the others handled meanwhile; done once its frame is written."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._loop is None:
+            # Asked once: each `get_running_loop` is a getpid system call on Python 3.11.
+            self._loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = self._loop.create_future()
         tag = message.delivery_tag
         if tag is None:
             done.set_result(None)
             return done
         self._ready[tag] = (message, done)
         if self._flushing is None:
-            self._flushing = asyncio.ensure_future(self._flush())
+            self._flushing = self._loop.create_task(self._flush())
         return done
 
     def settled(self, message: AbstractIncomingMessage) -> None:

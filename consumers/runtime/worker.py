@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -111,6 +112,9 @@ class Worker:
             self._names, tuple(c.name for c in self._consumers), self.metrics.tally
         )
         self._log = bound_logger("consumers.worker")
+        # Asked once: a line per message that the level drops is not even built.
+        self._logs_handled = self._log.is_enabled_for(logging.INFO)
+        self._logs_filtered = self._log.is_enabled_for(logging.DEBUG)
         self.ready = asyncio.Event()
         self._once: Patience | None = None
 
@@ -347,8 +351,11 @@ class Worker:
         if self._spans is not None:
             self._spans.outcome(outcome)
         # Filtered messages are routine for a consumer of a few tenants: debug, not info.
-        method = self._log.debug if outcome == "filtered" else self._log.info
-        quietly(method, "message handled", outcome=outcome, duration_ms=round(seconds * 1000, 2))
+        filtered = outcome == "filtered"
+        if self._logs_filtered if filtered else self._logs_handled:
+            method = self._log.debug if filtered else self._log.info
+            duration_ms = round(seconds * 1000, 2)
+            quietly(method, "message handled", outcome=outcome, duration_ms=duration_ms)
 
     async def _process(
         self, running: _Running, message: AbstractIncomingMessage, routing_key: str, attempt: int
