@@ -154,6 +154,12 @@ class AmqpPublisher:
                 # it is stored exactly when that one is, as one message.
                 await self._outcome(earlier)
                 return
+            if earlier.confirmation.done():
+                # Answered, but its done callback runs only on the loop's next turn, and
+                # awaiting a done future does not yield: settle it here, or this loop
+                # would spin forever with the whole receiver frozen.
+                self._landed(message_id, earlier)
+                continue
             # Same id, other message: aiormq tells returns apart by id, so wait for it.
             try:
                 async with asyncio.timeout_at(deadline):

@@ -9,8 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiormq import spec
 
 from service.http.app import WEBHOOK_PATH
+from service.publishing.publisher import AmqpPublisher, _Flight
 from service.shared.bus import (
     AuthMethod,
     BusNames,
@@ -22,7 +24,7 @@ from service.shared.bus import (
 from service.shared.envelope import parse
 from tests.conftest import ReceiverFactory
 from tests.receivers import SpawnReceiver
-from tests.support import API_KEYS, BusView
+from tests.support import AMQP_URL, API_KEYS, BusView
 
 pytestmark = pytest.mark.rabbit
 HEADERS = {"X-api-key": API_KEYS[0]}
@@ -120,3 +122,32 @@ def test_copies_differ_only_in_their_receipt() -> None:
         Receipt("d-4", AuthMethod.API_KEY, datetime.now(UTC)),
     )
     assert not first.same_as(other_tenant)  # a header of its content differs
+
+
+@pytest.mark.timeout(30)
+async def test_an_answered_flight_of_the_same_id_not_yet_landed_is_not_waited_on(
+    bus: BusView,
+) -> None:
+    """Its answer is in, its done callback not yet run: awaiting it does not yield.
+
+    The publish used to wait on it in a loop that never let the callback run, and the
+    whole receiver froze (seen as a pair of deliveries never answered).
+    """
+    publisher = AmqpPublisher(AMQP_URL, bus.names, timeout=3.0)
+    await publisher.start()
+    try:
+        async with asyncio.timeout(10):
+            while not publisher.ready:
+                await asyncio.sleep(0.05)
+        invalid = await bus.queue(bus.names.invalid)
+        body = json.dumps({"EventName": "talent_created", "N": 1}).encode()
+        receipt = Receipt("d-1", AuthMethod.API_KEY, datetime.now(UTC))
+        event = event_message(bus.names, parse(body), body, receipt)
+        quarantined = invalid_message(bus.names, body, "content_encoding", receipt)
+        answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        answered.set_result(spec.Basic.Ack())
+        publisher._flights[event.message_id] = _Flight(event, answered)
+        await publisher.publish(quarantined)
+        assert (await bus.get(invalid)).body == body
+    finally:
+        await publisher.close()
