@@ -53,13 +53,16 @@ class Acks:
         return done
 
     def settled(self, message: AbstractIncomingMessage) -> None:
-        """`message` was acked or nacked elsewhere, its frame already queued."""
+        """`message`'s handling ended; if it was acked or nacked, its frame is queued.
+
+        Idempotent, and a no-op for a message not settled (cancelled, or in a run).
+        """
         if message.processed and message.delivery_tag is not None:
             self._done(message.delivery_tag)
 
     def _done(self, tag: int) -> None:
-        if self._floor < 0:
-            return
+        if tag <= self._floor or self._floor < 0:
+            return  # known already, or no longer tracked
         self._settled.add(tag)
         while self._floor + 1 in self._settled:
             self._floor += 1

@@ -340,10 +340,11 @@ class Worker:
             if not message.processed:
                 await asyncio.sleep(requeue_pause(message))
                 await settle(message.nack(requeue=True))
-                running.acks.settled(message)
                 outcome = "requeued"
             quietly(log.error, "could not settle the message", outcome=outcome, exc_info=fault)
         finally:
+            # Forwarded, nacked or acked: the ack window counts it settled (once queued).
+            running.acks.settled(message)
             self._in_flight.discard(task)
             running.handling -= 1
         seconds = time.perf_counter() - started
@@ -394,7 +395,6 @@ class Worker:
         extra[ATTEMPT] = attempt + 1
         target = running.queues.retry(fate.delay)
         forwarded = await self._copies.forward(message, event.message_id, target, extra)
-        running.acks.settled(message)
         return "retried" if forwarded else "requeued"
 
     def _call(self, running: _Running) -> Call:
@@ -415,7 +415,6 @@ class Worker:
     ) -> str:
         extra = failure_headers(running.consumer.name, message, routing_key, attempt, failure)
         forwarded = await self._copies.forward(message, message_id, running.queues.dead, extra)
-        running.acks.settled(message)
         return outcome if forwarded else "requeued"
 
 
