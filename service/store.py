@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal
 
 import structlog
@@ -43,6 +44,12 @@ class DurableStore:
     ) -> None:
         self.publisher = publisher
         self._tracer = tracer
+        # Imported only while tracing is on, and once: not on every delivery.
+        self._spans: ModuleType | None = None
+        if tracer is not None:
+            from service.observability import spans
+
+            self._spans = spans
         self._on_drained = on_drained
         self._on_drain_failure = on_drain_failure
         self._on_crash = on_crash
@@ -100,12 +107,12 @@ class DurableStore:
 
         Raises `PublishFailed` or `SpoolError` when neither place takes it.
         """
-        if self._tracer is not None:
-            from service.observability import spans
-
-            if not spans.carried_unsampled(message):
-                spool = self.spool.append if self.spool is not None else None
-                return await spans.store(self._tracer, message, self.publisher.publish, spool)
+        if self._spans is not None and not self._spans.carried_unsampled(message):
+            spool = self.spool.append if self.spool is not None else None
+            traced: tuple[Where, str | None] = await self._spans.store(
+                self._tracer, message, self.publisher.publish, spool
+            )
+            return traced
         try:
             await self.publisher.publish(message)
         except PublishFailed as failure:

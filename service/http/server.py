@@ -25,6 +25,7 @@ from service.http.listener import Listener
 from service.observability import tracing
 from service.publishing.publisher import Publisher
 from service.settings import Settings
+from service.shared import heap
 from service.shared.errors import ListenFailed, SettingsError
 
 log = structlog.get_logger("service.server")
@@ -91,6 +92,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
             broker=settings.broker_display,
             prefix=settings.bus_prefix,
         )
+        heap.settle()
         await stop.wait()
         lifecycle.shutting_down = True
         log.info("shutting down", grace_seconds=settings.shutdown_grace)

@@ -2,11 +2,11 @@
 
 A SERVER span per delivery, with HTTP's semantic conventions and the outcome; a new
 trace of our own, unless `TRACE_SENDER_CONTEXT=authenticated` lets an authenticated
-delivery's `traceparent` be its parent. Storing is a PRODUCER child (`publish
-{exchange}`), whose context goes into the message's `traceparent` and `tracestate`
-headers, so that the spool, retries, dead letters and replays keep it; a delivery the
-broker does not take gets a `spool` child. A spooled record's later publish is a
-child of the context it carries.
+delivery's `traceparent` be its parent. The span also says what was published (the
+messaging attributes) and its context goes into the message's `traceparent` and
+`tracestate` headers, so that the spool, retries, dead letters and replays keep it; a
+delivery the broker does not take gets a `spool` child. A spooled record's later
+publish is a PRODUCER span, child of the context it carries.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from service.shared.errors import PublishFailed
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _messaging(message: Outgoing, operation: str) -> dict[str, Any]:
+def _messaging(message: Outgoing) -> dict[str, Any]:
     return {
         "messaging.system": "rabbitmq",
-        "messaging.operation.type": operation,
+        "messaging.operation.type": "send",
         "messaging.operation.name": "publish",
         "messaging.destination.name": message.exchange or "amq.default",
         "messaging.rabbitmq.destination.routing_key": message.routing_key,
         "messaging.message.id": message.message_id,
-        "messaging.message.body.size": len(message.body),
     }
 
 
@@ -43,37 +42,46 @@ async def store(
     publish: Callable[[Outgoing], Awaitable[None]],
     spool: Callable[[Outgoing], Awaitable[None]] | None,
 ) -> tuple[Literal["broker", "spool"], str | None]:
-    """Publish `message` (or spool it) inside a PRODUCER span whose context it carries."""
-    name = f"publish {message.exchange or message.routing_key}"
-    # Not made current, which spares a context switch each way: its context goes where
-    # it is needed (the headers, the spool's span), and log lines name the SERVER span.
-    span = tracer.start_span(name, kind=SpanKind.PRODUCER, attributes=_messaging(message, "send"))
-    within = trace.set_span_in_context(span)
+    """Publish `message` (or spool it) as part of the current (SERVER) span.
+
+    The message carries that span's context, and the span gets the publish's messaging
+    attributes, in one call: a second span a delivery would double what a sampled
+    delivery costs. A spool write is a child span of its own.
+    """
+    span = trace.get_current_span()
     headers = message.properties.headers
     if headers is None:
         headers = message.properties.headers = {}
-    propagate.inject(headers, context=within)
+    propagate.inject(headers)
+    recording = span.is_recording()
     try:
+        await publish(message)
+    except PublishFailed as failure:
+        if spool is None:
+            _failed(span, failure)
+            raise
+        cause = type(failure).__name__
         try:
-            await publish(message)
-        except PublishFailed as failure:
-            span.set_attribute("error.type", type(failure).__name__)
-            if spool is None:
-                raise
-            with tracer.start_as_current_span(
-                "spool", context=within, attributes={"relay.cause": type(failure).__name__}
-            ):
+            with tracer.start_as_current_span("spool", attributes={"relay.cause": cause}):
                 await spool(message)
-            span.set_attribute("relay.stored", "spool")
-            return "spool", type(failure).__name__
-        span.set_attribute("relay.stored", "broker")
-        return "broker", None
+        except Exception as error:
+            _failed(span, error)
+            raise
+        if recording:
+            span.set_attributes({**_messaging(message), "relay.stored": "spool"})
+        return "spool", cause
     except Exception as error:
-        span.record_exception(error)
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        _failed(span, error)
         raise
-    finally:
-        span.end()
+    if recording:
+        span.set_attributes({**_messaging(message), "relay.stored": "broker"})
+    return "broker", None
+
+
+def _failed(span: Any, error: Exception) -> None:
+    """Record on the delivery's span why nothing stored it (the answer is a 503)."""
+    span.record_exception(error)
+    span.set_attribute("error.type", type(error).__name__)
 
 
 def carried_unsampled(message: Outgoing) -> bool:
@@ -102,7 +110,7 @@ def draining(
             f"publish {message.exchange} from the spool",
             context=parent,
             kind=SpanKind.PRODUCER,
-            attributes=_messaging(message, "send"),
+            attributes=_messaging(message),
         ) as span:
             try:
                 await publish(message)

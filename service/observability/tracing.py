@@ -48,8 +48,10 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": f"avionte-relay-{component}"}))
+    from service.observability.resource import SettledResource
     from service.observability.sampling import ChosenIds
 
+    resource = SettledResource(resource.attributes, resource.schema_url)
     provider = TracerProvider(resource=resource, id_generator=ChosenIds())
     for name in _exporters(environ):
         if name == "console":
