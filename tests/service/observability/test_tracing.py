@@ -210,6 +210,30 @@ async def test_a_spooled_delivery_keeps_its_context_through_the_drain(
     assert (handling.trace_id, handling.parent) == (server.trace_id, server.span_id)
 
 
+async def test_a_delivery_nothing_stored_has_its_error_on_its_span(
+    spawn_receiver: SpawnReceiver, collector: Collector
+) -> None:
+    async with proxy_to(AMQP_URL) as (proxy, through):
+        receiver = await spawn_receiver(AMQP_URL=through, **collector.env("relay-receiver"))
+        proxy.refuse(True)
+        await proxy.cut()
+        async with asyncio.timeout(10):
+            while (await receiver.status())["broker"] != "disconnected":
+                await asyncio.sleep(0.1)
+        status, _ = await deliver(receiver, "talent_created")
+        assert status == 503
+        await collector.until(lambda spans: any(s.kind == SERVER for s in spans))
+    [server] = [s for s in collector.spans if s.kind == SERVER]
+    assert server.status == ERROR
+    assert server.attributes["http.response.status_code"] == 503
+    assert server.attributes["relay.outcome"] == "unavailable"
+    [error] = receiver.events("delivery")
+    assert server.attributes["error.type"] == error["error"]
+    [raised] = [attrs["exception.type"] for name, attrs in server.events if name == "exception"]
+    assert raised.rsplit(".", 1)[-1] == error["error"]
+    assert "relay.stored" not in server.attributes
+
+
 async def test_log_lines_carry_the_trace_and_span_ids(
     spawn_receiver: SpawnReceiver,
     spawn_worker: SpawnWorker,
