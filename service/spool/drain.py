@@ -187,20 +187,23 @@ class Drainer:
             else:  # refused before, and its own back-off has not passed
                 walk.fail(None, self._refusals[(segment, item.start)].error)
         new_cursor, new_done = _advance(cursor, (*done, *walk.finished))
-        if (new_cursor, new_done) != (cursor, done):
-            walk.progressed = walk.progressed or new_cursor != cursor
-            if (error := await self._spool.advance(segment, new_cursor, new_done)) is not None:
-                walk.fail("disk", f"cursor not saved: {error}")
+        try:
+            if (new_cursor, new_done) != (cursor, done):
+                walk.progressed = walk.progressed or new_cursor != cursor
+                if (error := await self._spool.advance(segment, new_cursor, new_done)) is not None:
+                    walk.fail("disk", f"cursor not saved: {error}")
+        finally:
+            # Only now that the cursor holds them may they leave the count. It holds them
+            # in memory before its save, so a save cut short (a cancel at shutdown) counts.
+            if walk.gone:
+                self._spool.forget(walk.gone, walk.gone_bytes)
+            if walk.drained:
+                self._on_drained(walk.drained)
         self._refusals = {
             key: refusal
             for key, refusal in self._refusals.items()
             if key[0] == segment and key[1] >= new_cursor
         }
-        # Only now that the cursor holds them may they leave the count.
-        if walk.gone:
-            self._spool.forget(walk.gone, walk.gone_bytes)
-        if walk.drained:
-            self._on_drained(walk.drained)
         return walk
 
     async def _settle_record(
