@@ -17,6 +17,7 @@ from consumers.runtime.threads import HandlerThreads
 from consumers.runtime.worker import Worker
 from consumers.settings import WorkerSettings
 from service.observability import tracing
+from service.shared import heap
 
 log = structlog.get_logger("consumers")
 
@@ -52,9 +53,12 @@ async def _run(names: list[str], concurrency: int | None, settings: WorkerSettin
     loop.set_default_executor(threads)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # Once its consumers have first started, this process is a long-running server.
+    settling = asyncio.create_task(_settle_when(worker.ready))
     try:
         await worker.run(stop)
     finally:
+        settling.cancel()
         tracing.shutdown()
     if threads.unfinished:
         # Every message is settled or back on its queue; only stuck threads are left, and
@@ -62,3 +66,8 @@ async def _run(names: list[str], concurrency: int | None, settings: WorkerSettin
         log.warning("exiting with handler threads still running", threads=threads.unfinished)
         sys.stderr.flush()
         os._exit(0)
+
+
+async def _settle_when(ready: asyncio.Event) -> None:
+    await ready.wait()
+    heap.settle()

@@ -45,7 +45,7 @@ from consumers.runtime.settling import STEP_TIMEOUT, bounded, quietly, settle
 from consumers.settings import WorkerSettings
 from consumers.topology import ConsumerQueues
 from service.observability.logs import bound_logger
-from service.shared import brokers, heap
+from service.shared import brokers
 from service.shared.brokers import Nodes
 from service.shared.bus import BusNames
 from service.shared.envelope import body_digest, parse
@@ -167,8 +167,6 @@ class Worker:
                     broker=session.node,
                     metrics=metrics_url,
                 )
-                if event == "worker started":
-                    heap.settle()
                 event = "worker reconnected"
                 self.ready.set()
                 reporting = asyncio.create_task(keep_reporting(self._reporter, session.publishing))

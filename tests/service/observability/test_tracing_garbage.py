@@ -68,4 +68,4 @@ async def test_a_traced_delivery_is_freed_when_answered(
     requests = [item for item in kept_garbage if isinstance(item, web.BaseRequest)]
     assert requests == []
     # Both ways were taken: some deliveries sampled, some not.
-    assert 0 < len(exported.get_finished_spans()) < 2 * DELIVERIES
+    assert 0 < len(exported.get_finished_spans()) < DELIVERIES  # one span a sampled delivery

@@ -229,13 +229,17 @@ async def test_a_drain_cancelled_while_its_cursor_is_saved_keeps_the_count_right
     spool = Spool.open(tmp_path, max_bytes=10**9)
     for n in range(300):
         await spool.append(message(n))
-    saving, go_on = threading.Event(), threading.Event()
+    saving, go_on, saved = threading.Event(), threading.Event(), threading.Event()
     write_cursor = Spool._write_cursor
 
     def held(self: Spool, *args: Any) -> None:
+        if saving.is_set():
+            write_cursor(self, *args)
+            return
         saving.set()
         go_on.wait(10)
         write_cursor(self, *args)
+        saved.set()
 
     monkeypatch.setattr(Spool, "_write_cursor", held)
     broker = Broker()
@@ -245,6 +249,7 @@ async def test_a_drain_cancelled_while_its_cursor_is_saved_keeps_the_count_right
     task.cancel()  # as at shutdown, while the first batch's cursor is being saved
     go_on.set()
     await asyncio.gather(task, return_exceptions=True)
+    await asyncio.to_thread(saved.wait, 10)  # the save's thread ends on its own
     assert sum(broker.published.values()) == DRAIN_BATCH
     assert spool.depth.records == 300 - DRAIN_BATCH
     await running(drainer, lambda: spool.depth.records == 0)
