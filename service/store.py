@@ -66,10 +66,8 @@ class DurableStore:
         await self.publisher.start()
         if self.spool is not None:
             publish: Callable[[Outgoing], Awaitable[None]] = self.publisher.publish
-            if self._tracer is not None:
-                from service.observability import spans
-
-                publish = spans.draining(self._tracer, publish)
+            if self._spans is not None:
+                publish = self._spans.draining(self._tracer, publish)
             self.drainer = Drainer(
                 self.spool,
                 publish,

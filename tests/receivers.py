@@ -19,6 +19,7 @@ import aiohttp
 
 from service.http.app import WEBHOOK_PATH
 from tests.support import auth_headers, fixture_bodies, with_correlation_id
+from tests.tools.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,3 +126,12 @@ async def deliver(
 
 
 SpawnReceiver = Callable[..., Awaitable[Receiver]]
+
+
+async def cut_off(proxy: TcpProxy, receiver: Receiver) -> None:
+    """Close `receiver`'s broker link through `proxy`, refuse new ones, and wait until it knows."""
+    proxy.refuse(True)
+    await proxy.cut()
+    async with asyncio.timeout(10):
+        while (await receiver.status())["broker"] != "disconnected":
+            await asyncio.sleep(0.05)

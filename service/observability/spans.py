@@ -53,35 +53,25 @@ async def store(
     if headers is None:
         headers = message.properties.headers = {}
     propagate.inject(headers)
-    recording = span.is_recording()
+    where: Literal["broker", "spool"] = "broker"
+    cause = None
     try:
-        await publish(message)
-    except PublishFailed as failure:
-        if spool is None:
-            _failed(span, failure)
-            raise
-        cause = type(failure).__name__
         try:
+            await publish(message)
+        except PublishFailed as failure:
+            if spool is None:
+                raise
+            where, cause = "spool", type(failure).__name__
             with tracer.start_as_current_span("spool", attributes={"relay.cause": cause}):
                 await spool(message)
-        except Exception as error:
-            _failed(span, error)
-            raise
-        if recording:
-            span.set_attributes({**_messaging(message), "relay.stored": "spool"})
-        return "spool", cause
     except Exception as error:
-        _failed(span, error)
+        # Nothing stored it, and the answer is a 503: say why on the delivery's span.
+        span.record_exception(error)
+        span.set_attribute("error.type", type(error).__name__)
         raise
-    if recording:
-        span.set_attributes({**_messaging(message), "relay.stored": "broker"})
-    return "broker", None
-
-
-def _failed(span: Any, error: Exception) -> None:
-    """Record on the delivery's span why nothing stored it (the answer is a 503)."""
-    span.record_exception(error)
-    span.set_attribute("error.type", type(error).__name__)
+    if span.is_recording():
+        span.set_attributes({**_messaging(message), "relay.stored": where})
+    return where, cause
 
 
 def carried_unsampled(message: Outgoing) -> bool:

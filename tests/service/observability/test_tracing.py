@@ -19,7 +19,7 @@ import pytest
 
 from service.http.app import WEBHOOK_PATH
 from tests.collector import CONSUMER, ERROR, INTERNAL, PRODUCER, SERVER, Collector, Span
-from tests.receivers import ROOT, SpawnReceiver, base_env, deliver
+from tests.receivers import ROOT, SpawnReceiver, base_env, cut_off, deliver
 from tests.support import AMQP_URL, BusView
 from tests.tools.tcp_proxy import proxy_to
 from tests.worker_processes import SpawnWorker
@@ -181,11 +181,7 @@ async def test_a_spooled_delivery_keeps_its_context_through_the_drain(
         receiver = await spawn_receiver(
             AMQP_URL=through, SPOOL_DIR=str(tmp_path / "spool"), **collector.env("relay-receiver")
         )
-        proxy.refuse(True)
-        await proxy.cut()
-        async with asyncio.timeout(10):
-            while (await receiver.status())["broker"] != "disconnected":
-                await asyncio.sleep(0.1)
+        await cut_off(proxy, receiver)
         status, _ = await deliver(receiver, "talent_created")
         assert status == 200
         assert receiver.events("delivery")[-1]["stored"] == "spool"
@@ -215,11 +211,7 @@ async def test_a_delivery_nothing_stored_has_its_error_on_its_span(
 ) -> None:
     async with proxy_to(AMQP_URL) as (proxy, through):
         receiver = await spawn_receiver(AMQP_URL=through, **collector.env("relay-receiver"))
-        proxy.refuse(True)
-        await proxy.cut()
-        async with asyncio.timeout(10):
-            while (await receiver.status())["broker"] != "disconnected":
-                await asyncio.sleep(0.1)
+        await cut_off(proxy, receiver)
         status, _ = await deliver(receiver, "talent_created")
         assert status == 503
         await collector.until(lambda spans: any(s.kind == SERVER for s in spans))

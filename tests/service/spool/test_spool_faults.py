@@ -17,7 +17,7 @@ import pytest
 from aio_pika.abc import AbstractQueue
 
 from service.http.app import WEBHOOK_PATH
-from tests.receivers import Receiver, SpawnReceiver, base_env
+from tests.receivers import Receiver, SpawnReceiver, base_env, cut_off
 from tests.support import AMQP_URL, API_KEYS, BusView
 from tests.tools.policies import policy
 from tests.tools.small_fs import SmallFilesystem, in_small_filesystem
@@ -48,20 +48,12 @@ async def post_all(receiver: Receiver, bodies: list[bytes]) -> list[int]:
 
 async def spool_events(receiver: Receiver, proxy: TcpProxy, count: int) -> set[str]:
     """With the broker link down, `count` deliveries answered 200 from the spool."""
-    await cut(proxy, receiver)
+    await cut_off(proxy, receiver)
     made = [event() for _ in range(count)]
     before = (await receiver.status())["spool"]["records"]
     assert await post_all(receiver, [body for _, body in made]) == [200] * count
     assert (await receiver.status())["spool"]["records"] == before + count
     return {correlation_id for correlation_id, _ in made}
-
-
-async def cut(proxy: TcpProxy, receiver: Receiver) -> None:
-    proxy.refuse(True)
-    await proxy.cut()
-    async with asyncio.timeout(10):
-        while (await receiver.status())["broker"] != "disconnected":
-            await asyncio.sleep(0.05)
 
 
 async def arrived(bus: BusView, queue: AbstractQueue, ids: set[str], within: float) -> list[str]:
@@ -181,7 +173,7 @@ async def test_a_record_the_broker_keeps_refusing_is_parked_and_the_rest_drains_
     await wait_for(receiver, lambda s: s["broker"] == "connected")
     assert await post_all(receiver, [b"[first]"]) == [200]
     assert (await receiver.status())["spool"]["records"] == 0  # on the broker, not spooled
-    await cut(proxy, receiver)
+    await cut_off(proxy, receiver)
     assert await post_all(receiver, [b"[not an event]"]) == [200]  # quarantined, spooled
     events = await spool_events(receiver, proxy, 20)
 
