@@ -239,6 +239,11 @@ class AmqpPublisher:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     connection = await aio_pika.connect(nodes.current, timeout=CONNECT_TIMEOUT)
             except Exception as exc:
+                # aiormq can turn a cancel during its handshake into a connection error: a
+                # supervisor being stopped must stop, not connect again (a hung shutdown).
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError from exc
                 # Any failure to connect, of whatever type, means: try the next node.
                 if failures == 0:
                     log.warning("broker unreachable", broker=nodes.shown, error=type(exc).__name__)
