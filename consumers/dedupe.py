@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -221,7 +222,10 @@ class DedupeStore:
         self.scope = scope
         self.lease = lease
         self.retention = retention
+        # A claim's owner: this store's random prefix and a counter, unique without a
+        # random draw (a system call) a message.
         self._owner_prefix = uuid.uuid4().hex[:12]
+        self._owner_numbers = itertools.count()
         # Claims and records of the messages in flight go together: a round trip each
         # for many messages, not two for every one.
         self._claims: Gathering[tuple[str, str], Claim | Literal["duplicate"] | Busy] = Gathering(
@@ -313,7 +317,8 @@ class DedupeStore:
     async def _claim_all(
         self, asked: list[tuple[str, str]]
     ) -> list[Claim | Literal["duplicate"] | Busy]:
-        owners = {key: f"{self._owner_prefix}-{uuid.uuid4().hex[:12]}" for key in sorted(asked)}
+        prefix, numbers = self._owner_prefix, self._owner_numbers
+        owners = {key: f"{prefix}-{next(numbers)}" for key in sorted(asked)}
         keys = list(owners)
         async with self._own.acquire() as connection:
             rows = await connection.fetch(
