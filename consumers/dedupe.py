@@ -62,16 +62,24 @@ CREATE INDEX IF NOT EXISTS relay_dedupe_updated_at ON relay_dedupe (updated_at);
 ALTER TABLE relay_dedupe ADD COLUMN IF NOT EXISTS handled text[] NOT NULL DEFAULT '{}';
 """
 
-# A new row, or a claim whose lease ran out, becomes ours; a live claim or a done row stays.
-# A batch's claims go in one statement, keys in order (two replicas lock rows alike).
-_CLAIMS = """
+# A batch's claims and records go in one statement, keys in order (replicas lock rows
+# alike). A claim: a new row, or a claim whose lease ran out, becomes ours; a live claim
+# or a done row stays. A record: our own claim becomes done. A record whose row is gone
+# (another replica took the claim over, then gave it up) is inserted done: its handling
+# succeeded.
+_SETTLE = """
 INSERT INTO relay_dedupe AS row (scope, consumer, message_id, state, owner, lease_until)
-SELECT $1, t.consumer, t.message_id, 'claimed', t.owner, now() + make_interval(secs => $5)
-FROM unnest($2::text[], $3::text[], $4::text[]) AS t(consumer, message_id, owner)
+SELECT $1, t.consumer, t.message_id, t.state, t.owner, now() + make_interval(secs => $6)
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[])
+    AS t(consumer, message_id, owner, state)
 ON CONFLICT (scope, consumer, message_id) DO UPDATE
-    SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
-    WHERE row.state = 'claimed' AND row.lease_until < now()
-RETURNING row.consumer, row.message_id, row.owner, row.handled
+    SET state = EXCLUDED.state, owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until,
+        updated_at = now()
+    WHERE row.state = 'claimed' AND CASE EXCLUDED.state
+        WHEN 'claimed' THEN row.lease_until < now()
+        ELSE row.owner = EXCLUDED.owner
+    END
+RETURNING row.owner, row.handled
 """
 _STATES = """
 SELECT d.consumer, d.message_id, d.state, extract(epoch FROM d.lease_until - now())
@@ -79,13 +87,6 @@ FROM relay_dedupe d
 JOIN unnest($2::text[], $3::text[]) AS t(consumer, message_id)
   ON d.consumer = t.consumer AND d.message_id = t.message_id
 WHERE d.scope = $1
-"""
-_DONES = """
-UPDATE relay_dedupe AS d SET state = 'done', updated_at = now()
-FROM unnest($2::text[], $3::text[], $4::text[]) AS t(consumer, message_id, owner)
-WHERE d.scope = $1 AND d.consumer = t.consumer AND d.message_id = t.message_id
-  AND d.owner = t.owner AND d.state = 'claimed'
-RETURNING d.owner
 """
 _RENEWS = """
 UPDATE relay_dedupe AS d
@@ -195,6 +196,9 @@ class Claim:
 
 T = TypeVar("T")
 Busy = float  # seconds until another replica's claim runs out
+# What the batches are asked: a claim of (consumer, message id), or to record a claim done.
+Ask: TypeAlias = "tuple[str, str] | Claim"
+Answer: TypeAlias = "Claim | Literal['duplicate'] | Busy | bool"
 # Subscripted only for the type checker: at run time the class takes no parameters.
 Connection: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
@@ -226,12 +230,9 @@ class DedupeStore:
         # random draw (a system call) a message.
         self._owner_prefix = uuid.uuid4().hex[:12]
         self._owner_numbers = itertools.count()
-        # Claims and records of the messages in flight go together: a round trip each
-        # for many messages, not two for every one.
-        self._claims: Gathering[tuple[str, str], Claim | Literal["duplicate"] | Busy] = Gathering(
-            self._claim_all
-        )
-        self._dones: Gathering[Claim, bool] = Gathering(self._finish_all)
+        # Claims and records of the messages in flight go together: one statement for
+        # many messages, not two for every one.
+        self._settling: Gathering[Ask, Answer] = Gathering(self._settle_all)
 
     @classmethod
     async def open(
@@ -306,58 +307,77 @@ class DedupeStore:
 
     async def claim(self, consumer: str, message_id: str) -> Claim | Literal["duplicate"] | Busy:
         """Claim the message, or say it is done already, or how long another claim lasts."""
-        return await self._claims.ask((consumer, message_id))
+        answer = await self._settling.ask((consumer, message_id))
+        assert not isinstance(answer, bool)
+        return answer
 
     async def finish(self, claim: Claim) -> bool:
         """Record the handling as done; False if the claim had run out and was taken."""
-        recorded = await self._dones.ask(claim)
+        recorded = await self._settling.ask(claim)
+        assert isinstance(recorded, bool)
         claim.done = True
         return recorded
 
-    async def _claim_all(
-        self, asked: list[tuple[str, str]]
-    ) -> list[Claim | Literal["duplicate"] | Busy]:
+    async def _settle_all(self, asked: list[Ask]) -> list[Answer]:
+        """The answers to a batch's claims and records, from one statement as a rule.
+
+        An id asked twice, or asked while its record is in the batch, is answered 0.0
+        (ask again at once); two records of one id (a claim of ours taken over by
+        ourselves) go in statements one after the other.
+        """
         prefix, numbers = self._owner_prefix, self._owner_numbers
-        owners = {key: f"{prefix}-{next(numbers)}" for key in sorted(asked)}
-        keys = list(owners)
+        recording = {(item.consumer, item.message_id) for item in asked if isinstance(item, Claim)}
+        # Per statement: key -> (position asked, owner, state)
+        rounds: list[dict[tuple[str, str], tuple[int, str, str]]] = [{}]
+        answers: list[Answer] = [0.0] * len(asked)
+        for index, item in enumerate(asked):
+            if isinstance(item, Claim):
+                key = (item.consumer, item.message_id)
+                free = next((batch for batch in rounds if key not in batch), None)
+                if free is None:
+                    free = {}
+                    rounds.append(free)
+                free[key] = (index, item.owner, "done")
+            elif item not in recording and item not in rounds[0]:
+                rounds[0][item] = (index, f"{prefix}-{next(numbers)}", "claimed")
+        taken: dict[str, list[str]] = {}
+        states: dict[tuple[str, str], tuple[str, float]] = {}
         async with self._own.acquire() as connection:
-            rows = await connection.fetch(
-                _CLAIMS,
-                self.scope,
-                [consumer for consumer, _ in keys],
-                [message_id for _, message_id in keys],
-                list(owners.values()),
-                self.lease,
-            )
-            ours = {
-                (row["consumer"], row["message_id"]): frozenset(row["handled"])
-                for row in rows
-                if row["owner"] == owners[row["consumer"], row["message_id"]]
-            }
-            others = [key for key in keys if key not in ours]
-            states = {}
+            for batch in rounds:
+                if not batch:
+                    continue
+                keys = sorted(batch)
+                rows = await connection.fetch(
+                    _SETTLE,
+                    self.scope,
+                    [consumer for consumer, _ in keys],
+                    [message_id for _, message_id in keys],
+                    [batch[key][1] for key in keys],
+                    [batch[key][2] for key in keys],
+                    self.lease,
+                )
+                taken.update((row[0], row[1]) for row in rows)
+            others = [
+                key
+                for key, (_, owner, state) in rounds[0].items()
+                if state == "claimed" and owner not in taken
+            ]
             if others:
                 found = await connection.fetch(
                     _STATES, self.scope, [c for c, _ in others], [m for _, m in others]
                 )
                 states = {(row[0], row[1]): (row[2], float(row[3])) for row in found}
-        answers: list[Claim | Literal["duplicate"] | Busy] = []
-        given: set[tuple[str, str]] = set()
-        for key in asked:
-            if key in given:
-                answers.append(0.0)  # asked twice at once: the second asks again, alone
-            elif key in ours:
-                answers.append(Claim(self, *key, owners[key], ours[key]))
-            elif key not in states:
-                answers.append(0.0)  # released meanwhile: try again at once
-            else:
-                state, remaining = states[key]
-                answers.append("duplicate" if state == "done" else max(0.0, remaining))
-            given.add(key)
+        for batch in rounds:
+            for key, (index, owner, state) in batch.items():
+                if state == "done":
+                    answers[index] = owner in taken
+                elif owner in taken:
+                    answers[index] = Claim(self, *key, owner, frozenset(taken[owner]))
+                elif key in states:
+                    found_state, remaining = states[key]
+                    answers[index] = "duplicate" if found_state == "done" else max(0.0, remaining)
+                # else: released meanwhile, 0.0: try again at once
         return answers
-
-    async def _finish_all(self, claims: list[Claim]) -> list[bool]:
-        return await self._each_claim(_DONES, claims)
 
     async def _each_claim(self, sql: str, claims: Sequence[Claim], *extra: object) -> list[bool]:
         """`sql` over these claims in one statement (keys in order); True where it took."""
