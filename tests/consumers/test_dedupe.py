@@ -339,10 +339,8 @@ async def test_pruning_never_removes_a_live_claim(bus: BusView, dedupe_database:
         await store.close()
 
 
-async def test_the_claims_and_records_of_messages_in_flight_go_together(
-    bus: BusView, dedupe_database: str
-) -> None:
-    store = await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=60)
+def counting_batches(store: DedupeStore) -> list[int]:
+    """The sizes of the store's batches of claims and records, from now on."""
     batches: list[int] = []
     settle_all = store._settle_all
 
@@ -351,6 +349,14 @@ async def test_the_claims_and_records_of_messages_in_flight_go_together(
         return await settle_all(asked)
 
     store._settling._answer = counted
+    return batches
+
+
+async def test_the_claims_and_records_of_messages_in_flight_go_together(
+    bus: BusView, dedupe_database: str
+) -> None:
+    store = await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=60)
+    batches = counting_batches(store)
     try:
         ids = [f"id-{n}" for n in range(300)]
         claims = await asyncio.gather(*(store.claim("batch", i) for i in ids))
@@ -405,14 +411,7 @@ async def test_claims_and_records_of_one_batch_share_a_statement(
     bus: BusView, dedupe_database: str
 ) -> None:
     store = await DedupeStore.open(dedupe_database, "db", bus.names.prefix, lease=60, retention=60)
-    batches: list[int] = []
-    settle_all = store._settle_all
-
-    async def counted(asked: list[Any]) -> Any:
-        batches.append(len(asked))
-        return await settle_all(asked)
-
-    store._settling._answer = counted
+    batches = counting_batches(store)
     try:
         first = await store.claim("mix", "a")
         assert isinstance(first, Claim)
