@@ -3,8 +3,8 @@
 On means spans exported over OTLP/HTTP; the deployed sampling is
 `parentbased_traceidratio` at 0.1, as in the Kubernetes tracing component. Alternated
 rounds at 64 connections and LOG_LEVEL=warning, the same load as the naive comparison.
-Spans go to a sink in this process that decodes nothing and answers 200, and counts
-what it got, so that spans the SDK's default queue dropped show.
+Spans go to a sink in this process that decodes each export only to count its spans
+and answers 200, so that spans the SDK's default queue dropped show.
 """
 
 from __future__ import annotations
