@@ -71,11 +71,13 @@ def _listening(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Inside the try: with SO_REUSEADDR a second console can bind a port that
+        # another is about to listen on, and learns it is taken only here.
+        sock.listen(128)
     except OSError as exc:
         sock.close()
         raise SettingsError(
             "CONSOLE_PORT", f"cannot serve on {host}:{port}: {exc.strerror}"
         ) from None
-    sock.listen(128)
     sock.setblocking(False)
     return sock

@@ -22,6 +22,7 @@ from service.shared.errors import SettingsError
 
 # Where a worker serves /metrics unless METRICS_PORT says otherwise.
 DEFAULT_PORT = 9100
+BACKLOG = 128
 
 
 class WorkerMetrics:
@@ -94,11 +95,13 @@ async def serve_metrics(metrics: WorkerMetrics, port: int | None) -> MetricsServ
     listening = None
     for candidate in (DEFAULT_PORT, 0) if port is None else (port,):
         # Bound here, not by a site: a site whose bind failed stays half set up in the
-        # runner, and replicas starting together race for the default port.
+        # runner, and replicas starting together race for the default port. With
+        # SO_REUSEADDR two of them can both bind it; only the first to listen has it.
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("0.0.0.0", candidate))
+            sock.listen(BACKLOG)
         except OSError as exc:
             sock.close()
             if port is None and exc.errno == errno.EADDRINUSE:
