@@ -16,9 +16,16 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
-from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors
+from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
 
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
+# How logging was last configured, for a helper process to log alike (`setup`).
+_SETUP: dict[str, Any] = {"level": "info", "format": "auto", "secrets": ()}
+
+
+def setup() -> dict[str, Any]:
+    """The level, format and secrets logging was configured with, and those learnt since."""
+    return {**_SETUP, "secrets": [*_SETUP["secrets"], *learnt()]}
 
 
 def bound_logger(name: str) -> structlog.typing.FilteringBoundLogger:
@@ -105,6 +112,7 @@ def configure_logging(
     forget_redactors()
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     secrets = tuple(redact)
+    _SETUP.update(level=level, format=fmt, secrets=secrets)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         *_trace_ids(),

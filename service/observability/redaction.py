@@ -132,6 +132,11 @@ def redact_also(*secrets: str) -> None:
         processor.add(*secrets)
 
 
+def learnt() -> list[str]:
+    """The secrets `redact_also` was given."""
+    return sorted(_LEARNT)
+
+
 def forget_redactors() -> None:
     """Logging is being configured anew: the old processors are no longer used."""
     _ACTIVE.clear()

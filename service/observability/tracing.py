@@ -43,7 +43,7 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
     resource = Resource.create()
     if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
@@ -59,7 +59,11 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
 
             provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter()))
         else:
-            provider.add_span_processor(BatchSpanProcessor(_otlp(environ)))
+            from service.observability.handoff import SpanHandoff
+            from service.observability.logs import setup
+
+            _otlp_class(environ)  # a protocol this installation cannot serve fails here
+            provider.add_span_processor(SpanHandoff(resource, environ, setup()))
     trace.set_tracer_provider(provider)
     return trace.get_tracer("avionte-relay", schema_url="https://opentelemetry.io/schemas/1.26.0")
 
@@ -86,7 +90,12 @@ def _exporters(environ: Mapping[str, str]) -> list[str]:
     return names
 
 
-def _otlp(environ: Mapping[str, str]) -> Any:
+def otlp_exporter(environ: Mapping[str, str]) -> Any:
+    """The OTLP exporter the standard variables ask for."""
+    return _otlp_class(environ)()
+
+
+def _otlp_class(environ: Mapping[str, str]) -> Any:
     protocol = (
         environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
         or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
@@ -95,7 +104,7 @@ def _otlp(environ: Mapping[str, str]) -> Any:
     if protocol == "http/protobuf":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        return OTLPSpanExporter()
+        return OTLPSpanExporter
     if protocol == "grpc":
         try:
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
@@ -107,7 +116,7 @@ def _otlp(environ: Mapping[str, str]) -> Any:
                 "grpc needs the package opentelemetry-exporter-otlp-proto-grpc;"
                 " http/protobuf works as installed",
             ) from None
-        return GrpcExporter()
+        return GrpcExporter
     raise SettingsError(
         "OTEL_EXPORTER_OTLP_PROTOCOL", f"must be http/protobuf or grpc, got {protocol!r}"
     )

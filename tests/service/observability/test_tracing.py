@@ -11,7 +11,6 @@ import json
 import sys
 import uuid
 from asyncio.subprocess import PIPE
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -30,16 +29,6 @@ pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]
 
 INCOMING_TRACE = "0af7651916cd43dd8448eb211c80319c"
 INCOMING_SPAN = "b7ad6b7169203331"
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[Collector]:
-    running = Collector()
-    await running.start()
-    try:
-        yield running
-    finally:
-        await running.close()
 
 
 def of_kind(spans: list[Span], kind: int, trace_id: str) -> list[Span]:
