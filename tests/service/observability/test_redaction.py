@@ -11,6 +11,7 @@ import orjson
 import pytest
 import structlog
 
+from service.observability import redaction
 from service.observability.logs import configure_logging
 from service.observability.redaction import MaskFields, RedactingJSON
 from service.shared.environment import Secret
@@ -18,6 +19,12 @@ from service.shared.environment import Secret
 PLAIN = "plain-secret-1234"
 ESCAPED = 'quote"and\\back\nslash-9876'
 SECRETS = [PLAIN, ESCAPED, ""]
+
+
+@pytest.fixture(autouse=True)
+def own_redactors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Processors made here register as active; later tests must not mask their secrets."""
+    monkeypatch.setattr(redaction, "_ACTIVE", list(redaction._ACTIVE))
 
 
 def strings(value: Any) -> Iterator[str]:
