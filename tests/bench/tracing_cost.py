@@ -57,7 +57,8 @@ async def tracing_cost(prefix: str, workdir: Path, rounds: int = ROUNDS) -> dict
                     requests_on += point["requests"]
                 print(
                     f"  round {number + 1} tracing {name:<5} {point['per_second']:8.0f}/s"
-                    f"  CPU {point['cpu_us']:.0f} us/req",
+                    f"  CPU {point['cpu_us']:.0f} us/req"
+                    f" (+{point['helper_cpu_us']:.0f} exporting)",
                     flush=True,
                 )
                 if name not in best or point["per_second"] > best[name]["per_second"]:
