@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.http.auth import Authenticator
 from service.http.damping import FailureDamper
+from service.http.delivery_ids import delivery_id
 from service.observability.logs import bound_logger
 from service.observability.metrics import ReceiverMetrics
 from service.publishing.publisher import AmqpPublisher, Publisher
@@ -90,7 +90,7 @@ async def receive(request: web.Request) -> web.Response:
     if sources.allowed or sources.trusted_proxies:
         client = sources.client(request.remote, request.headers.getall("X-Forwarded-For", []))
     source = str(client) if client is not None else str(request.remote)
-    line: dict[str, Any] = {"delivery_id": str(uuid.uuid4()), "remote": source}
+    line: dict[str, Any] = {"delivery_id": delivery_id(), "remote": source}
 
     def done(response: web.Response, outcome: str) -> web.Response:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
