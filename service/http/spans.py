@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import nullcontext
 from contextvars import Token
 from typing import Any
 
 from aiohttp import web
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from service.http.app import OUTCOME, SPAN_START
-from service.observability import sampling
-from service.observability.sampling import Dropped
+from service.observability import sampling, tracing
+from service.observability.recorded import RecordedSpan
+from service.observability.sampling import Dropped, Kept
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -48,8 +48,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
                 return await handler(request)
             finally:
                 sampling.dropped.reset(dropping)
-        with sampling.chosen(verdict) if verdict is not None else nullcontext():
-            span = _start(tracer, name, request, route, Context(), arrived)
+        span = _start(tracer, name, request, route, Context(), arrived, verdict)
         return await _within(span, handler, request)
 
     async def continued(request: web.Request) -> web.StreamResponse:
@@ -69,8 +68,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
                 dropping = sampling.dropped.set(verdict)
                 return
             parent = propagate.extract(request.headers) if authenticated else Context()
-            with sampling.chosen(verdict) if verdict is not None else nullcontext():
-                span = _start(tracer, name, request, route, parent, arrived)
+            span = _start(tracer, name, request, route, parent, arrived, verdict)
             # Current for the rest of the request: its children and its log line see it.
             token = context.attach(trace.set_span_in_context(span))
 
@@ -101,13 +99,44 @@ def _started(authenticated: bool) -> None:
 
 
 def _start(
-    tracer: Any, name: str, request: web.Request, route: str, parent: Context, arrived: int
+    tracer: Any,
+    name: str,
+    request: web.Request,
+    route: str,
+    parent: Context,
+    arrived: int,
+    kept: Kept | None,
 ) -> Any:
-    return tracer.start_span(
+    """The delivery's span: recorded when the sampler kept a root span of ours, else the SDK's."""
+    attributes = _http_attributes(request, route)
+    if kept is None:
+        return tracer.start_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes, start_time=arrived
+        )
+    hand = tracing.recorder()
+    if hand is None or not kept.sampled:
+        with sampling.chosen(kept.trace_id):
+            return tracer.start_span(
+                name,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+                start_time=arrived,
+            )
+    ids = SpanContext(
+        kept.trace_id,
+        tracer.id_generator.generate_span_id(),
+        is_remote=False,
+        trace_flags=TraceFlags(kept.flags),
+        trace_state=kept.trace_state,
+    )
+    return RecordedSpan(
         name,
-        context=parent,
+        ids,
+        hand=hand,
+        scope=tracing.SCOPE,
         kind=SpanKind.SERVER,
-        attributes=_http_attributes(request, route),
+        attributes={**kept.attributes, **attributes},
         start_time=arrived,
     )
 

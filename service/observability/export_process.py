@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Any, BinaryIO
 
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanLimits
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
@@ -47,8 +48,13 @@ class Rebuilt(ReadableSpan):
         return self._dropped[2]
 
 
-def rebuild(record: tuple[Any, ...], resource: SettledResource) -> ReadableSpan:
-    """The span `handoff.compact` made `record` of."""
+def rebuild(record: tuple[Any, ...], resource: SettledResource, limits: SpanLimits) -> ReadableSpan:
+    """The span `handoff.compact` (or `recorded.RecordedSpan`) made `record` of.
+
+    Attributes, events and links are bounded and validated here by the SDK's rules and
+    `limits`, as the SDK's span would have done as they were set: a recorded span
+    leaves that to this process.
+    """
     (
         name,
         trace_id,
@@ -67,17 +73,35 @@ def rebuild(record: tuple[Any, ...], resource: SettledResource) -> ReadableSpan:
         scope,
         *dropped,
     ) = record
+    bounded = BoundedAttributes(
+        limits.max_span_attributes,
+        attributes,
+        immutable=True,
+        max_value_len=limits.max_span_attribute_length,
+    )
+    kept_events = _last(events, limits.max_events)
+    kept_links = _last(links, limits.max_links)
     return Rebuilt(
-        (dropped[0], dropped[1], dropped[2]),
+        (
+            dropped[0] + bounded.dropped,
+            dropped[1] + len(events) - len(kept_events),
+            dropped[2] + len(links) - len(kept_links),
+        ),
         name=name,
         context=SpanContext(trace_id, span_id, False, TraceFlags(flags), TraceState(state)),
         parent=None if parent is None else SpanContext(parent[0], parent[1], parent[2]),
         resource=resource,
-        attributes=attributes,
-        events=[Event(event, attrs, timestamp) for event, timestamp, attrs in events],
+        attributes=bounded,
+        events=[
+            Event(event, _bounded(attrs, gone, limits.max_event_attributes, limits), timestamp)
+            for event, timestamp, attrs, gone in kept_events
+        ],
         links=[
-            Link(SpanContext(t, s, remote, TraceFlags(f), TraceState(ts)), attrs)
-            for t, s, f, remote, ts, attrs in links
+            Link(
+                SpanContext(t, s, remote, TraceFlags(f), TraceState(ts)),
+                _bounded(attrs, gone, limits.max_link_attributes, limits),
+            )
+            for t, s, f, remote, ts, attrs, gone in kept_links
         ],
         kind=SpanKind(kind),
         status=Status(StatusCode(code), description),
@@ -85,6 +109,20 @@ def rebuild(record: tuple[Any, ...], resource: SettledResource) -> ReadableSpan:
         end_time=end,
         instrumentation_scope=None if scope is None else InstrumentationScope(*scope),
     )
+
+
+def _last(items: tuple[Any, ...], limit: int | None) -> tuple[Any, ...]:
+    # The SDK keeps the newest events and links past its limit.
+    return items if limit is None or len(items) <= limit else items[len(items) - limit :]
+
+
+def _bounded(attributes: dict[str, Any], gone: int, limit: int | None, limits: SpanLimits) -> Any:
+    """An event's or a link's attributes, with those its process dropped counted too."""
+    bounded = BoundedAttributes(
+        limit, attributes, immutable=True, max_value_len=limits.max_attribute_length
+    )
+    bounded.dropped += gone
+    return bounded
 
 
 def read_frame(stream: BinaryIO) -> Any:
@@ -109,10 +147,11 @@ def main(stream: BinaryIO) -> int:
     configure_logging(opening["level"], opening["format"], redact=opening["secrets"])
     resource = SettledResource(opening["resource"], opening["schema_url"])
     processor = BatchSpanProcessor(otlp_exporter(os.environ))
+    limits = SpanLimits()
     try:
         while (batch := read_frame(stream)) is not None:
             for record in batch:
-                processor.on_end(rebuild(record, resource))
+                processor.on_end(rebuild(record, resource, limits))
     finally:
         processor.shutdown()  # type: ignore[no-untyped-call]
     return 0

@@ -22,13 +22,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import Link, SpanContext
 
 from service.shared.errors import SettingsError
 
@@ -80,22 +82,54 @@ def frame(value: Any) -> bytes:
 
 
 def plain(value: Any) -> Any:
-    """`value` with every str, int, float and bytes made of its exact type."""
+    """`value` with every str, int, float and bytes made of its exact type.
+
+    Any other object (only an attribute value can be one) becomes what the SDK's span
+    would have made of it: its text, or None.
+    """
     if isinstance(value, bool) or value is None:
         return value
+    # The value itself, not what a subclass's __str__ or __int__ says (an enum's name).
     if isinstance(value, str):
-        return str(value)
+        return str.__str__(value)
     if isinstance(value, int):
-        return int(value)
+        return int.__index__(value)
     if isinstance(value, float):
-        return float(value)
+        return float.__float__(value)
     if isinstance(value, bytes):
         return bytes(value)
     if isinstance(value, Mapping):
         return {plain(k): plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return tuple(plain(v) for v in value)
-    return str(value)
+    return plain(BoundedAttributes(attributes={"value": value})["value"])
+
+
+def links_of(links: Sequence[Link]) -> tuple[tuple[Any, ...], ...]:
+    """Links as plain values, in a record's layout."""
+    return tuple(
+        (
+            link.context.trace_id,
+            link.context.span_id,
+            int(link.context.trace_flags),
+            link.context.is_remote,
+            tuple(link.context.trace_state.items()),
+            dict(link.attributes or {}),
+            link.dropped_attributes,
+        )
+        for link in links
+    )
+
+
+def identity(context: SpanContext, parent: SpanContext | None) -> tuple[Any, ...]:
+    """A span's ids, flags, trace state and parent, in a record's layout."""
+    return (
+        context.trace_id,
+        context.span_id,
+        int(context.trace_flags),
+        tuple(context.trace_state.items()),
+        None if parent is None else (parent.trace_id, parent.span_id, parent.is_remote),
+    )
 
 
 def compact(span: ReadableSpan) -> tuple[Any, ...]:
@@ -107,27 +141,16 @@ def compact(span: ReadableSpan) -> tuple[Any, ...]:
     assert context is not None  # an SDK span always has one
     return (
         span.name,
-        context.trace_id,
-        context.span_id,
-        int(context.trace_flags),
-        tuple(context.trace_state.items()),
-        None if parent is None else (parent.trace_id, parent.span_id, parent.is_remote),
+        *identity(context, parent),
         span.kind.value,
         span.start_time,
         span.end_time,
         dict(span.attributes or {}),
-        tuple((e.name, e.timestamp, dict(e.attributes or {})) for e in span.events),
         tuple(
-            (
-                link.context.trace_id,
-                link.context.span_id,
-                int(link.context.trace_flags),
-                link.context.is_remote,
-                tuple(link.context.trace_state.items()),
-                dict(link.attributes or {}),
-            )
-            for link in span.links
+            (e.name, e.timestamp, dict(e.attributes or {}), e.dropped_attributes)
+            for e in span.events
         ),
+        links_of(span.links),
         status.status_code.value,
         status.description,
         None
@@ -170,7 +193,10 @@ class SpanHandoff(SpanProcessor):
         context = span.context
         if context is None or not context.trace_flags.sampled:
             return
-        record = compact(span)
+        self.hand(compact(span))
+
+    def hand(self, record: tuple[Any, ...]) -> None:
+        """Queue a finished, sampled span's record (`compact`'s layout) for the pipe."""
         with self._lock:
             if len(self._pending) >= self._limit:
                 self.dropped += 1

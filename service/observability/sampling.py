@@ -14,13 +14,13 @@ Only the receiver's own root spans take this path; a sender's trusted `tracepare
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, TraceState
 
 # W3C trace flags: sampled, and (level 2) a random trace id.
 SAMPLED = 0x01
@@ -41,6 +41,16 @@ class Dropped(NamedTuple):
         return f"{self.trace_id:032x}", f"{self.span_id:016x}"
 
 
+class Kept(NamedTuple):
+    """A delivery the sampler kept: its trace id, and what the sampler gave its span."""
+
+    trace_id: int
+    flags: int
+    trace_state: TraceState
+    attributes: Mapping[str, Any]
+    sampled: bool
+
+
 dropped: ContextVar[Dropped | None] = ContextVar("relay_dropped_trace", default=None)
 _chosen: ContextVar[int] = ContextVar("relay_chosen_trace_id", default=0)
 
@@ -52,12 +62,12 @@ class ChosenIds(RandomIdGenerator):
         return _chosen.get() or super().generate_trace_id()
 
 
-def decide(tracer: Any, name: str) -> int | Dropped | None:
+def decide(tracer: Any, name: str) -> Kept | Dropped | None:
     """For a new root SERVER span `name`: choose its trace id and ask the sampler.
 
-    Returns the trace id when the sampler keeps it (start the span inside `chosen`),
-    the ids to carry when it drops it, or None when this tracer is not the SDK's own
-    (the SDK then decides as usual).
+    Returns what the span gets when the sampler keeps it (start an SDK span inside
+    `chosen`, or a recorded one), the ids to carry when it drops it, or None when this
+    tracer is not the SDK's own (the SDK then decides as usual).
     """
     sampler = getattr(tracer, "sampler", None)
     generator = getattr(tracer, "id_generator", None)
@@ -65,9 +75,17 @@ def decide(tracer: Any, name: str) -> int | Dropped | None:
         return None
     trace_id = generator.generate_trace_id()
     result = sampler.should_sample(None, trace_id, name, SpanKind.SERVER)
-    if result.decision.is_recording():
-        return trace_id
     flags = RANDOM if generator.is_trace_id_random() else 0
+    decision = result.decision
+    if decision.is_recording():
+        sampled = decision.is_sampled()
+        return Kept(
+            trace_id,
+            flags | SAMPLED if sampled else flags,
+            result.trace_state or TraceState(),
+            result.attributes or {},
+            sampled,
+        )
     return Dropped(trace_id, random.getrandbits(64) or 1, flags)
 
 

@@ -15,12 +15,18 @@ default: the `traceparent` and `tracestate` headers).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from service.shared.errors import SettingsError
 
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+TRACER_NAME = "avionte-relay"
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
+# The instrumentation scope of our spans, as a record carries it (`handoff.compact`).
+SCOPE: tuple[str, str | None, str | None, dict[str, Any]] = (TRACER_NAME, None, SCHEMA_URL, {})
+# Where a recorded span goes when it ends (`recorded`): set while OTLP is the only exporter.
+_recorder: list[Callable[[tuple[Any, ...]], None]] = []
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -53,7 +59,9 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
 
     resource = SettledResource(resource.attributes, resource.schema_url)
     provider = TracerProvider(resource=resource, id_generator=ChosenIds())
-    for name in _exporters(environ):
+    exporters = _exporters(environ)
+    recorded = None
+    for name in exporters:
         if name == "console":
             from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
@@ -63,9 +71,21 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
             from service.observability.logs import setup
 
             _otlp_class(environ)  # a protocol this installation cannot serve fails here
-            provider.add_span_processor(SpanHandoff(resource, environ, setup()))
+            handoff = SpanHandoff(resource, environ, setup())
+            provider.add_span_processor(handoff)
+            if exporters == ["otlp"]:
+                recorded = handoff.hand
     trace.set_tracer_provider(provider)
-    return trace.get_tracer("avionte-relay", schema_url="https://opentelemetry.io/schemas/1.26.0")
+    _recorder.clear()
+    # The API keeps the first provider a process sets: record only for the one in use.
+    if recorded is not None and trace.get_tracer_provider() is provider:
+        _recorder.append(recorded)
+    return trace.get_tracer(TRACER_NAME, schema_url=SCHEMA_URL)
+
+
+def recorder() -> Callable[[tuple[Any, ...]], None] | None:
+    """Where a recorded span's values go, or None when another exporter needs SDK spans."""
+    return _recorder[0] if _recorder else None
 
 
 def shutdown() -> None:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import (
@@ -67,7 +67,7 @@ def through_the_pipe(spans: tuple[ReadableSpan, ...]) -> list[ReadableSpan]:
     """`spans` as the exporter process reads them back."""
     batch = read_frame(BytesIO(frame([compact(span) for span in spans])))
     resource = SettledResource(RESOURCE.attributes, RESOURCE.schema_url)
-    return [rebuild(record, resource) for record in batch]
+    return [rebuild(record, resource, SpanLimits()) for record in batch]
 
 
 def same_otlp(spans: tuple[ReadableSpan, ...]) -> None:
