@@ -107,8 +107,24 @@ def rebuild(record: tuple[Any, ...], resource: SettledResource, limits: SpanLimi
         status=Status(StatusCode(code), description),
         start_time=start,
         end_time=end,
-        instrumentation_scope=None if scope is None else InstrumentationScope(*scope),
+        instrumentation_scope=_scope(scope),
     )
+
+
+_SCOPES: dict[tuple[str, str | None, str | None], InstrumentationScope] = {}
+
+
+def _scope(fields: tuple[Any, ...] | None) -> InstrumentationScope | None:
+    # One object a scope: the encoder groups spans by scope, comparing them as it goes.
+    if fields is None:
+        return None
+    if fields[3]:
+        return InstrumentationScope(*fields)
+    key = (fields[0], fields[1], fields[2])
+    scope = _SCOPES.get(key)
+    if scope is None:
+        scope = _SCOPES[key] = InstrumentationScope(*fields)
+    return scope
 
 
 def _last(items: tuple[Any, ...], limit: int | None) -> tuple[Any, ...]:
