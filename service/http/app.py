@@ -83,7 +83,6 @@ async def receive(request: web.Request) -> web.Response:
     """Authenticate a delivery, publish it with a confirm, and answer; log one line for it."""
     started = time.perf_counter()
     ctx = request.app[CONTEXT]
-    structlog.contextvars.clear_contextvars()
     sources = ctx.settings.sources
     # Addresses are parsed only when a policy needs them; the log takes the peer as is.
     client = None

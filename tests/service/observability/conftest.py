@@ -1,10 +1,12 @@
-"""Fixtures for the tracing tests."""
+"""Fixtures for the tracing and logging tests."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import structlog
 
 from tests.collector import Collector
 
@@ -18,3 +20,15 @@ async def collector() -> AsyncIterator[Collector]:
         yield running
     finally:
         await running.close()
+
+
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """The suite's logging set back after a test that configures its own."""
+    saved = structlog.get_config()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    structlog.configure(**saved)
+    root.handlers[:] = handlers
+    root.setLevel(level)

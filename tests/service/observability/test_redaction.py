@@ -96,17 +96,11 @@ def test_console_lines_are_masked_field_by_field() -> None:
 
 
 @pytest.fixture
-def own_logging() -> Iterator[io.BytesIO]:
+def own_logging(restored_logging: None) -> io.BytesIO:
     """Logging configured to a buffer with SECRETS to mask; the suite's setup restored after."""
-    saved = structlog.get_config()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     stream = io.BytesIO()
     configure_logging("info", "json", redact=SECRETS, stream=stream)
-    yield stream
-    structlog.configure(**saved)
-    root.handlers[:] = handlers
-    root.setLevel(level)
+    return stream
 
 
 def test_relay_and_library_lines_are_masked(own_logging: io.BytesIO) -> None:
