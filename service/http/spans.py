@@ -37,10 +37,11 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
     sampling and write into our traces.
     """
     name = f"POST {route}"
+    decide = sampling.decider(tracer)
 
     async def own(request: web.Request) -> web.StreamResponse:
         arrived = time.time_ns()
-        verdict = sampling.decide(tracer, name)
+        verdict = decide(name)
         request[SPAN_START] = _started
         if isinstance(verdict, Dropped):
             dropping = sampling.dropped.set(verdict)
@@ -63,7 +64,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
             if settled:
                 return
             settled = True
-            verdict = None if authenticated else sampling.decide(tracer, name)
+            verdict = None if authenticated else decide(name)
             if isinstance(verdict, Dropped):
                 dropping = sampling.dropped.set(verdict)
                 return

@@ -65,6 +65,20 @@ def children_cpu_seconds(pid: int) -> float:
     return total
 
 
+async def children_quiet(pid: int, within: float = 30.0) -> None:
+    """Wait until the children of `pid` (its span exporter) are idle, up to `within` seconds.
+
+    An exporter process behind a load goes on encoding and sending after it; on two
+    shared cores that work would be charged to whatever is measured next.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        before = children_cpu_seconds(pid)
+        await asyncio.sleep(1.0)
+        if children_cpu_seconds(pid) - before < 0.05:
+            return
+
+
 def broker_pids() -> list[int]:
     """The local RabbitMQ's Erlang VM processes, if the broker runs on this machine."""
     pids = []

@@ -4,7 +4,9 @@ On means spans exported over OTLP/HTTP; the deployed sampling is
 `parentbased_traceidratio` at 0.1, as in the Kubernetes tracing component. Alternated
 rounds at 64 connections and LOG_LEVEL=warning, the same load as the naive comparison.
 Spans go to a sink in this process that decodes each export only to count its spans
-and answers 200, so that spans the SDK's default queue dropped show.
+and answers 200, so that spans the SDK's default queue dropped show. After each point
+the receiver's exporter process is left to finish what it holds, so that its work is
+not charged to the next point.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests.bench.processes import children_quiet
 from tests.bench.receiver import measure, purge, serving
 from tests.collector import Collector
 
@@ -53,6 +56,7 @@ async def tracing_cost(prefix: str, workdir: Path, rounds: int = ROUNDS) -> dict
             for name, (process, base) in contenders.items():
                 point = await measure(process, f"{base}/webhooks/avionte", CONNECTIONS)
                 await purge(prefix)
+                await children_quiet(process.pid)
                 if name == "on":
                     requests_on += point["requests"]
                 print(
