@@ -115,8 +115,10 @@ class RedactingJSON:
                 return orjson.dumps(
                     {"event": "log line not rendered", "error": safe_text(str(exc))}
                 )
-        if any(form in line for form in self._escaped):
-            line = self._dumps(self._mask.deep(event))
+        # A plain loop: this runs for every line, and a generator is made each time.
+        for form in self._escaped:
+            if form in line:
+                return self._dumps(self._mask.deep(event))
         return line
 
 
