@@ -57,10 +57,11 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         span: Any = None
         settled = False
         token: object = None
+        recording: Token[Any] | None = None
         dropping: Token[Dropped | None] | None = None
 
         def start(authenticated: bool) -> None:
-            nonlocal span, settled, token, dropping
+            nonlocal span, settled, token, recording, dropping
             if settled:
                 return
             settled = True
@@ -71,7 +72,10 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
             parent = propagate.extract(request.headers) if authenticated else Context()
             span = _start(tracer, name, request, route, parent, arrived, verdict)
             # Current for the rest of the request: its children and its log line see it.
-            token = context.attach(trace.set_span_in_context(span))
+            if isinstance(span, RecordedSpan):
+                recording = sampling.recording.set(span)
+            else:
+                token = context.attach(trace.set_span_in_context(span))
 
         request[SPAN_START] = start
         try:
@@ -88,6 +92,8 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
             request[SPAN_START] = _started
             if token is not None:
                 context.detach(token)  # type: ignore[arg-type]
+            if recording is not None:
+                sampling.recording.reset(recording)
             if dropping is not None:
                 sampling.dropped.reset(dropping)
         return response if span is None else _ended(span, response, request)
@@ -144,14 +150,21 @@ def _start(
 
 async def _within(span: Any, handler: Handler, request: web.Request) -> web.StreamResponse:
     """Run `handler` with `span` current (its children and log line see it), then end it."""
-    token = context.attach(trace.set_span_in_context(span))
+    recorded = isinstance(span, RecordedSpan)
+    if recorded:
+        token: Any = sampling.recording.set(span)
+    else:
+        token = context.attach(trace.set_span_in_context(span))
     try:
         response = await handler(request)
     except BaseException as error:
         _failed(span, error)
         raise
     finally:
-        context.detach(token)
+        if recorded:
+            sampling.recording.reset(token)
+        else:
+            context.detach(token)
     return _ended(span, response, request)
 
 

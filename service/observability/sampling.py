@@ -35,6 +35,11 @@ SAMPLED = 0x01
 RANDOM = 0x02
 
 
+def traceparent(trace_id: int, span_id: int, flags: int) -> str:
+    """The W3C `traceparent` header for these ids."""
+    return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
+
+
 class Dropped(NamedTuple):
     """The ids of a delivery the sampler dropped."""
 
@@ -43,7 +48,7 @@ class Dropped(NamedTuple):
     flags: int
 
     def traceparent(self) -> str:
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{self.flags:02x}"
+        return traceparent(self.trace_id, self.span_id, self.flags)
 
     def ids(self) -> tuple[str, str]:
         return f"{self.trace_id:032x}", f"{self.span_id:016x}"
@@ -60,6 +65,9 @@ class Kept(NamedTuple):
 
 
 dropped: ContextVar[Dropped | None] = ContextVar("relay_dropped_trace", default=None)
+# The delivery's recorded span (`recorded`), current without an OpenTelemetry context:
+# making and leaving one costs a sampled delivery several calls into the API.
+recording: ContextVar[Any] = ContextVar("relay_recording_span", default=None)
 _chosen: ContextVar[int] = ContextVar("relay_chosen_trace_id", default=0)
 
 

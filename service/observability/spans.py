@@ -18,7 +18,8 @@ from aiohttp import web
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from service.observability.sampling import dropped
+from service.observability import tracing
+from service.observability.sampling import dropped, recording, traceparent
 from service.shared.bus import Outgoing
 from service.shared.errors import PublishFailed
 
@@ -48,11 +49,15 @@ async def store(
     attributes, in one call: a second span a delivery would double what a sampled
     delivery costs. A spool write is a child span of its own.
     """
-    span = trace.get_current_span()
+    span = recording.get()
     headers = message.properties.headers
     if headers is None:
         headers = message.properties.headers = {}
-    propagate.inject(headers)
+    if span is None:
+        span = trace.get_current_span()
+        propagate.inject(headers)
+    else:
+        _carry(span, headers)
     where: Literal["broker", "spool"] = "broker"
     cause = None
     try:
@@ -62,7 +67,9 @@ async def store(
             if spool is None:
                 raise
             where, cause = "spool", type(failure).__name__
-            with tracer.start_as_current_span("spool", attributes={"relay.cause": cause}):
+            with tracer.start_as_current_span(
+                "spool", context=trace.set_span_in_context(span), attributes={"relay.cause": cause}
+            ):
                 await spool(message)
     except Exception as error:
         # Nothing stored it, and the answer is a 503: say why on the delivery's span.
@@ -72,6 +79,18 @@ async def store(
     if span.is_recording():
         span.set_attributes({**_messaging(message), "relay.stored": where})
     return where, cause
+
+
+def _carry(span: Any, headers: dict[str, Any]) -> None:
+    """A recorded span's context into `headers`, as the configured propagators would write it."""
+    if not tracing.w3c_propagation():
+        propagate.inject(headers, context=trace.set_span_in_context(span))
+        return
+    # W3C trace context (and baggage, which a delivery of our own trace has none of).
+    ids = span.get_span_context()
+    headers["traceparent"] = traceparent(ids.trace_id, ids.span_id, int(ids.trace_flags))
+    if ids.trace_state:
+        headers["tracestate"] = ids.trace_state.to_header()
 
 
 def carried_unsampled(message: Outgoing) -> bool:
@@ -117,7 +136,8 @@ def current_ids() -> tuple[str, str] | None:
     unsampled = dropped.get()
     if unsampled is not None:
         return unsampled.ids()
-    context = trace.get_current_span().get_span_context()
+    span = recording.get()
+    context = (span or trace.get_current_span()).get_span_context()
     if not context.is_valid:
         return None
     return f"{context.trace_id:032x}", f"{context.span_id:016x}"

@@ -27,6 +27,8 @@ SCHEMA_URL = "https://opentelemetry.io/schemas/1.26.0"
 SCOPE: tuple[str, str | None, str | None, dict[str, Any]] = (TRACER_NAME, None, SCHEMA_URL, {})
 # Where a recorded span goes when it ends (`recorded`): set while OTLP is the only exporter.
 _recorder: list[Callable[[tuple[Any, ...]], None]] = []
+# Whether OTEL_PROPAGATORS, as the tracer was made, asks for W3C headers only.
+_w3c: list[bool] = []
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -76,11 +78,23 @@ def tracer(component: str, environ: Mapping[str, str] = os.environ) -> Any:
             if exporters == ["otlp"]:
                 recorded = handoff.hand
     trace.set_tracer_provider(provider)
+    _w3c[:] = [_w3c_only(environ)]
     _recorder.clear()
     # The API keeps the first provider a process sets: record only for the one in use.
     if recorded is not None and trace.get_tracer_provider() is provider:
         _recorder.append(recorded)
     return trace.get_tracer(TRACER_NAME, schema_url=SCHEMA_URL)
+
+
+def w3c_propagation() -> bool:
+    """Whether the propagators are W3C trace context (and baggage) only, the default."""
+    return bool(_w3c) and _w3c[0]
+
+
+def _w3c_only(environ: Mapping[str, str]) -> bool:
+    raw = environ.get("OTEL_PROPAGATORS", "").strip().lower()
+    names = {part.strip() for part in raw.split(",") if part.strip()}
+    return not names or (names <= {"tracecontext", "baggage"} and "tracecontext" in names)
 
 
 def recorder() -> Callable[[tuple[Any, ...]], None] | None:

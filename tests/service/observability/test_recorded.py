@@ -15,15 +15,26 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from service.observability import sampling, tracing
+from service.observability import sampling, spans, tracing
 from service.observability.export_process import read_frame, rebuild
 from service.observability.handoff import compact, frame
 from service.observability.recorded import RecordedSpan
@@ -31,6 +42,8 @@ from service.observability.resource import SettledResource
 from tests.service.observability.test_handoff import scalars
 
 RESOURCE = SettledResource({"service.name": "recorded-test"})
+# The SDK's default propagators (OTEL_PROPAGATORS unset).
+W3C = CompositePropagator([TraceContextTextMapPropagator(), W3CBaggagePropagator()])
 NAME = "POST /webhooks/avionte"
 START = 1_700_000_000_000_000_000
 
@@ -200,3 +213,40 @@ def test_any_calls_are_exported_as_the_sdk_would(
         both.compare()
     finally:
         both.provider.shutdown()
+
+
+@pytest.mark.parametrize("state", [[], [("vendor", "value"), ("other", "x")]])
+def test_a_recorded_span_is_carried_as_the_w3c_propagators_write_it(
+    both: Both, state: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tracing, "_w3c", [True])
+    ids = both.recorded.get_span_context()
+    span = RecordedSpan(
+        NAME,
+        SpanContext(ids.trace_id, ids.span_id, False, ids.trace_flags, TraceState(state)),
+        hand=both.records.append,
+        scope=tracing.SCOPE,
+    )
+    carried: dict[str, Any] = {}
+    spans._carry(span, carried)
+    injected: dict[str, Any] = {}
+    W3C.inject(injected, context=set_span_in_context(span))
+    assert carried == injected
+    assert carried["traceparent"].startswith(f"00-{ids.trace_id:032x}-")
+
+
+@pytest.mark.parametrize(
+    ("value", "w3c"),
+    [
+        ("", True),
+        ("tracecontext,baggage", True),
+        (" Baggage , tracecontext ", True),
+        ("tracecontext", True),
+        ("baggage", False),
+        ("b3", False),
+        ("tracecontext,b3", False),
+        ("none", False),
+    ],
+)
+def test_only_w3c_propagators_are_written_directly(value: str, w3c: bool) -> None:
+    assert tracing._w3c_only({"OTEL_PROPAGATORS": value}) is w3c
