@@ -20,7 +20,7 @@ from tests.bench.processes import children_quiet
 from tests.bench.receiver import measure, purge, serving
 from tests.collector import Collector
 
-ROUNDS = 2
+ROUNDS = 3
 CONNECTIONS = 64
 
 
