@@ -27,7 +27,6 @@ from service.observability.logs import configure_logging
 from service.observability.resource import SettledResource
 from service.observability.tracing import otlp_exporter
 
-
 # Below the traced process: when CPU is short, deliveries come first and spans wait.
 NICENESS = 10
 
