@@ -16,7 +16,7 @@ from consumers.loader import load
 from consumers.runtime.threads import HandlerThreads
 from consumers.runtime.worker import Worker
 from consumers.settings import WorkerSettings
-from service.observability import logs, tracing
+from service.observability import tracing
 from service.shared import heap
 
 log = structlog.get_logger("consumers")
@@ -60,7 +60,6 @@ async def _run(names: list[str], concurrency: int | None, settings: WorkerSettin
     finally:
         settling.cancel()
         tracing.shutdown()
-        logs.release()
     if threads.unfinished:
         # Every message is settled or back on its queue; only stuck threads are left, and
         # Python would wait for them without end.
@@ -72,4 +71,3 @@ async def _run(names: list[str], concurrency: int | None, settings: WorkerSettin
 async def _settle_when(ready: asyncio.Event) -> None:
     await ready.wait()
     heap.settle()
-    logs.gather_on(asyncio.get_running_loop())

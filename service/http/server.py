@@ -22,7 +22,7 @@ from aiohttp import web
 from service.http.app import CONTEXT, create_app
 from service.http.limits import fit_connections
 from service.http.listener import Listener
-from service.observability import logs, tracing
+from service.observability import tracing
 from service.publishing.publisher import Publisher
 from service.settings import Settings
 from service.shared import heap
@@ -93,7 +93,6 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
             prefix=settings.bus_prefix,
         )
         heap.settle()
-        logs.gather_on(loop)
         await stop.wait()
         lifecycle.shutting_down = True
         log.info("shutting down", grace_seconds=settings.shutdown_grace)
@@ -104,7 +103,6 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
         await runner.cleanup()
         tracing.shutdown()
     log.info("stopped")
-    logs.release()
 
 
 def _address(name: tuple[str, int] | tuple[str, int, int, int]) -> str:

@@ -8,7 +8,6 @@ message bodies that a library would put in a log are left out.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import logging
 import sys
@@ -17,7 +16,6 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
-from service.observability.line_sink import LineSink
 from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
 
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
@@ -61,33 +59,19 @@ def _named(logger: Any, args: tuple[Any, ...]) -> Any:
     return logger
 
 
-# One sink and text wrapper per stream, kept: a collected wrapper would close the stream
-# under it.
-_STREAMS: dict[int, tuple[BinaryIO, LineSink, io.TextIOWrapper]] = {}
+# One text wrapper per stream, kept: a collected wrapper would close the stream under it.
+_TEXT: dict[int, tuple[BinaryIO, io.TextIOWrapper]] = {}
 
 
-def _streams(out: BinaryIO) -> tuple[LineSink, io.TextIOWrapper]:
-    kept = _STREAMS.get(id(out))
+def _text(out: BinaryIO) -> io.TextIOWrapper:
+    # Text UTF-8 cannot encode (a lone surrogate) is escaped: a log call never raises for it.
+    kept = _TEXT.get(id(out))
     if kept is None or kept[0] is not out:
-        sink = LineSink(out)
-        # Text UTF-8 cannot encode (a lone surrogate) is escaped: a log call never raises.
         wrapper = io.TextIOWrapper(
-            cast(BinaryIO, sink), encoding="utf-8", errors="backslashreplace", write_through=True
+            out, encoding="utf-8", errors="backslashreplace", write_through=True
         )
-        kept = _STREAMS[id(out)] = (out, sink, wrapper)
-    return kept[1], kept[2]
-
-
-def gather_on(loop: asyncio.AbstractEventLoop) -> None:
-    """Lines logged on `loop`'s thread go out once a turn (`line_sink`); call it from there."""
-    for _, sink, _ in _STREAMS.values():
-        sink.gather_on(loop)
-
-
-def release() -> None:
-    """Write what is kept, and every line at once from now on."""
-    for _, sink, _ in _STREAMS.values():
-        sink.release()
+        kept = _TEXT[id(out)] = (out, wrapper)
+    return kept[1]
 
 
 def _trace_ids() -> list[structlog.typing.Processor]:
@@ -126,7 +110,6 @@ def configure_logging(
     """
     out = stream or sys.stderr.buffer
     forget_redactors()
-    sink, text = _streams(out)
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     secrets = tuple(redact)
     _SETUP.update(level=level, format=fmt, secrets=secrets)
@@ -142,6 +125,7 @@ def configure_logging(
     if use_console:
         renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         last = [MaskFields(secrets), renderer]
+        text = _text(out)
 
         def factory(*args: Any) -> Any:
             return _named(structlog.PrintLogger(text), args)
@@ -152,7 +136,7 @@ def configure_logging(
         last = [json_line]
 
         def factory(*args: Any) -> Any:
-            return _named(_BytesLogger(cast(BinaryIO, sink)), args)
+            return _named(_BytesLogger(out), args)
 
         def text_line(logger: Any, method: str, event: structlog.typing.EventDict) -> str:
             return json_line(logger, method, event).decode()
@@ -166,7 +150,7 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(text)
+    handler = logging.StreamHandler(_text(out))
     handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
