@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -31,12 +31,23 @@ DELIVERIES = 40
 
 
 @pytest.fixture
-def kept_garbage() -> Iterator[list[Any]]:
-    """What the collector finds from here on, kept instead of freed."""
+def kept_garbage() -> Iterator[Callable[[], list[Any]]]:
+    """`watch`: frees what is garbage so far, then keeps what the collector finds instead.
+
+    Kept garbage cleared from the list is not freed: its cycles hold it, and the next
+    collection would find it again, an earlier test's requests among it.
+    """
     gc.disable()
-    gc.set_debug(gc.DEBUG_SAVEALL)
+
+    def watch() -> list[Any]:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        return gc.garbage
+
     try:
-        yield gc.garbage
+        yield watch
     finally:
         gc.set_debug(0)
         gc.garbage.clear()
@@ -45,7 +56,10 @@ def kept_garbage() -> Iterator[list[Any]]:
 
 @pytest.mark.parametrize("continue_sender", [False, True])
 async def test_a_traced_delivery_is_freed_when_answered(
-    aiohttp_client: Any, bus: BusView, kept_garbage: list[Any], continue_sender: bool
+    aiohttp_client: Any,
+    bus: BusView,
+    kept_garbage: Callable[[], list[Any]],
+    continue_sender: bool,
 ) -> None:
     exported = InMemorySpanExporter()
     # Half sampled: both the span's way and the dropped delivery's way are taken.
@@ -59,13 +73,12 @@ async def test_a_traced_delivery_is_freed_when_answered(
         while (await client.get("/readyz")).status != 200:
             await asyncio.sleep(0.05)
     body = fixture_bodies()["placement_updated"]
-    gc.collect()
-    gc.garbage.clear()
+    found = kept_garbage()
     for _ in range(DELIVERIES):
         response = await client.post(WEBHOOK_PATH, data=body, headers=auth_headers("api_key", body))
         assert response.status == 200
     gc.collect()
-    requests = [item for item in kept_garbage if isinstance(item, web.BaseRequest)]
+    requests = [item for item in found if isinstance(item, web.BaseRequest)]
     assert requests == []
     # Both ways were taken: some deliveries sampled, some not.
     assert 0 < len(exported.get_finished_spans()) < DELIVERIES  # one span a sampled delivery
