@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
@@ -21,6 +22,7 @@ from consumers.consumer import Consumer
 from consumers.runtime.worker import Worker
 from consumers.settings import WorkerSettings
 from service.http.app import create_app
+from service.http.front import open_front_door
 from service.observability.logs import configure_logging
 from service.shared.environment import Secret
 from tests.databases import own_database
@@ -39,6 +41,7 @@ from tests.tools.tcp_proxy import TcpProxy, proxy_to
 from tests.worker_processes import SpawnWorker, WorkerProcess, start_worker
 
 ReceiverFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 
 # One log per process of the suite: with `pytest -n`, each worker writes its own.
@@ -165,12 +168,27 @@ async def bus(broker_reachable: None, prefix: str) -> AsyncIterator[BusView]:
 
 
 @pytest.fixture
-def start_receiver(aiohttp_client: Any, bus: BusView) -> ReceiverFactory:
+def receiver_client(aiohttp_client: Any) -> ClientFactory:
+    """A test client for a receiver's app, served as `serve` serves it: front door open."""
+
+    async def make(app: web.Application) -> TestClient[Any, Any]:
+        client: TestClient[Any, Any] = await aiohttp_client(app)
+        runner = client.server.runner
+        assert runner is not None
+        assert runner.server is not None
+        assert open_front_door(app, runner.server)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def start_receiver(receiver_client: ClientFactory, bus: BusView) -> ReceiverFactory:
     """Start an in-process receiver on the test's prefix and wait until it is ready."""
 
     async def start(**overrides: Any) -> TestClient[Any, Any]:
         settings = receiver_settings(bus.names.prefix, **overrides)
-        client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+        client = await receiver_client(create_app(settings))
         async with asyncio.timeout(10):
             while (await client.get("/readyz")).status != 200:
                 await asyncio.sleep(0.05)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import orjson
@@ -67,6 +68,9 @@ CONTEXT = web.AppKey("context", Context)
 OUTCOME = web.RequestKey("outcome", str)
 # Starts the delivery's span (once), told whether the delivery authenticated; tracing only.
 SPAN_START: web.RequestKey[Callable[[bool], None]] = web.RequestKey("span_start")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The webhook's handler as routed (traced, when tracing is on), for the front door.
+WEBHOOK: web.AppKey[Handler] = web.AppKey("webhook")
 
 
 def _json(status: int, payload: dict[str, Any], **headers: str) -> web.Response:
@@ -79,10 +83,13 @@ def _unavailable() -> web.Response:
     return _json(503, {"status": "unavailable"}, **{"Retry-After": RETRY_AFTER_SECONDS})
 
 
-async def receive(request: web.Request) -> web.Response:
-    """Authenticate a delivery, publish it with a confirm, and answer; log one line for it."""
+async def receive(ctx: Context, request: web.Request) -> web.Response:
+    """Authenticate a delivery, publish it with a confirm, and answer; log one line for it.
+
+    `ctx` is bound when the app is built: the handler never asks `request.app`, so the
+    front door (`service.http.front`) can call it without the router's match.
+    """
     started = time.perf_counter()
-    ctx = request.app[CONTEXT]
     sources = ctx.settings.sources
     # Addresses are parsed only when a policy needs them; the log takes the peer as is.
     client = None
@@ -273,15 +280,14 @@ def create_app(
         traced=tracer is not None,
     )
     app.cleanup_ctx.append(_store_lifetime)
-    if tracer is None:
-        app.router.add_post(WEBHOOK_PATH, receive)
-    else:
+    webhook: Handler = partial(receive, app[CONTEXT])
+    if tracer is not None:
         from service.http import spans
 
         continues = settings.trace_sender_context == "authenticated"
-        app.router.add_post(
-            WEBHOOK_PATH, spans.traced(receive, tracer, WEBHOOK_PATH, continue_sender=continues)
-        )
+        webhook = spans.traced(webhook, tracer, WEBHOOK_PATH, continue_sender=continues)
+    app.router.add_post(WEBHOOK_PATH, webhook)
+    app[WEBHOOK] = webhook
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

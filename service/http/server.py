@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 
 from service.http.app import CONTEXT, create_app
+from service.http.front import open_front_door
 from service.http.limits import fit_connections
 from service.http.listener import Listener
 from service.observability import tracing
@@ -73,6 +74,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
     await runner.setup()
     lifecycle = app[CONTEXT].lifecycle
     assert runner.server is not None
+    open_front_door(app, runner.server)
     listener = Listener(
         runner.server,
         limit=fitted.max_connections,

@@ -9,7 +9,6 @@ delivery's `traceparent` be its parent. Storing adds the publish's attributes to
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from contextvars import Token
 from typing import Any
 
@@ -18,12 +17,10 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from service.http.app import OUTCOME, SPAN_START
+from service.http.app import OUTCOME, SPAN_START, Handler
 from service.observability import sampling, tracing
 from service.observability.recorded import RecordedSpan
 from service.observability.sampling import Dropped, Kept
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) -> Handler:

@@ -81,10 +81,10 @@ async def test_a_receiver_that_always_fails_is_given_up_on_after_four_attempts(
 
 
 async def test_fixtures_and_generated_events_reach_a_real_receiver(
-    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]],
+    receiver_client: Callable[..., Awaitable[TestClient[Any, Any]]],
 ) -> None:
     publisher = MemoryPublisher()
-    client = await aiohttp_client(create_app(receiver_settings("sim"), publisher=publisher))
+    client = await receiver_client(create_app(receiver_settings("sim"), publisher=publisher))
     url = str(client.server.make_url(WEBHOOK_PATH))
     for credential in (
         Credential(api_key=API_KEYS[0]),

@@ -25,11 +25,11 @@ BAD = {"X-api-key": "guessing"}
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Callable[..., Awaitable[Client]],
+    receiver_client: Callable[..., Awaitable[Client]],
 ) -> Callable[..., Awaitable[Client]]:
     async def make(**overrides: Any) -> Client:
         settings = receiver_settings("unit", **overrides)
-        return await aiohttp_client(create_app(settings, publisher=MemoryPublisher()))
+        return await receiver_client(create_app(settings, publisher=MemoryPublisher()))
 
     return make
 

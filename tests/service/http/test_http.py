@@ -25,10 +25,10 @@ def publisher() -> MemoryPublisher:
 
 @pytest.fixture
 async def client(
-    aiohttp_client: Callable[..., Awaitable[Client]], publisher: MemoryPublisher
+    receiver_client: Callable[..., Awaitable[Client]], publisher: MemoryPublisher
 ) -> Client:
     settings = receiver_settings("unit", max_body_bytes=1024)
-    return await aiohttp_client(create_app(settings, publisher=publisher))
+    return await receiver_client(create_app(settings, publisher=publisher))
 
 
 async def test_accepted_answers_with_the_message_id(
@@ -173,9 +173,9 @@ async def test_a_crash_in_parsing_still_quarantines(
 
 
 async def test_the_app_owns_the_publisher_lifetime(
-    aiohttp_client: Callable[..., Awaitable[Client]], publisher: MemoryPublisher
+    receiver_client: Callable[..., Awaitable[Client]], publisher: MemoryPublisher
 ) -> None:
-    client = await aiohttp_client(create_app(receiver_settings("unit"), publisher=publisher))
+    client = await receiver_client(create_app(receiver_settings("unit"), publisher=publisher))
     assert publisher.started
     await client.close()
     assert publisher.closed

@@ -137,9 +137,9 @@ async def test_worker_counts_every_outcome(bus: BusView, run_worker: WorkerFacto
 
 
 @pytest.fixture
-async def memory_receiver(aiohttp_client: Callable[..., Awaitable[Client]]) -> Client:
+async def memory_receiver(receiver_client: Callable[..., Awaitable[Client]]) -> Client:
     """A receiver that stores in memory: no broker, for counting labels."""
-    return await aiohttp_client(create_app(receiver_settings("unit"), publisher=MemoryPublisher()))
+    return await receiver_client(create_app(receiver_settings("unit"), publisher=MemoryPublisher()))
 
 
 async def test_routing_key_labels_stay_capped(memory_receiver: Client) -> None:

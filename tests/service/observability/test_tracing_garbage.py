@@ -56,7 +56,7 @@ def kept_garbage() -> Iterator[Callable[[], list[Any]]]:
 
 @pytest.mark.parametrize("continue_sender", [False, True])
 async def test_a_traced_delivery_is_freed_when_answered(
-    aiohttp_client: Any,
+    receiver_client: Any,
     bus: BusView,
     kept_garbage: Callable[[], list[Any]],
     continue_sender: bool,
@@ -68,7 +68,7 @@ async def test_a_traced_delivery_is_freed_when_answered(
     tracer = provider.get_tracer("test")
     extra = {"trace_sender_context": "authenticated"} if continue_sender else {}
     settings = receiver_settings(bus.names.prefix, **extra)
-    client = await aiohttp_client(create_app(settings, tracer=tracer))
+    client = await receiver_client(create_app(settings, tracer=tracer))
     async with asyncio.timeout(10):
         while (await client.get("/readyz")).status != 200:
             await asyncio.sleep(0.05)

@@ -54,13 +54,13 @@ async def until_accepted(client: Client, within: float = 20.0) -> str:
 
 
 async def test_unreachable_at_start_gives_503_then_recovers(
-    bus: BusView, proxy: TcpProxy, aiohttp_client: Any
+    bus: BusView, proxy: TcpProxy, receiver_client: Any
 ) -> None:
     proxy.refuse(True)
     settings = receiver_settings(
         bus.names.prefix, amqp_url=via(proxy), publish_timeout=PUBLISH_TIMEOUT
     )
-    client: Client = await aiohttp_client(create_app(settings))
+    client: Client = await receiver_client(create_app(settings))
     assert (await client.get("/readyz")).status == 503
     for _ in range(5):
         status, _, took = await post_event(client)

@@ -26,7 +26,7 @@ Client = TestClient[Any, Any]
 
 
 async def start(
-    aiohttp_client: Any, bus: BusView, proxy: TcpProxy, spool: Path, **extra: Any
+    receiver_client: Any, bus: BusView, proxy: TcpProxy, spool: Path, **extra: Any
 ) -> Client:
     settings = receiver_settings(
         bus.names.prefix,
@@ -35,7 +35,7 @@ async def start(
         spool_dir=spool,
         **extra,
     )
-    client: Client = await aiohttp_client(create_app(settings))
+    client: Client = await receiver_client(create_app(settings))
     async with asyncio.timeout(10):
         while (await client.get("/readyz")).status != 200:
             await asyncio.sleep(0.05)
@@ -72,9 +72,9 @@ async def received(bus: BusView, queue: Any, expected: set[str], within: float =
 
 
 async def test_an_outage_is_spooled_then_drained(
-    bus: BusView, proxy: TcpProxy, aiohttp_client: Any, tmp_path: Path
+    bus: BusView, proxy: TcpProxy, receiver_client: Any, tmp_path: Path
 ) -> None:
-    client = await start(aiohttp_client, bus, proxy, tmp_path / "spool")
+    client = await start(receiver_client, bus, proxy, tmp_path / "spool")
     queue = await bus.probe("talent.created")
     proxy.refuse(True)
     await proxy.cut()
@@ -95,9 +95,9 @@ async def test_an_outage_is_spooled_then_drained(
 
 
 async def test_a_stalled_link_spools_after_the_timeout(
-    bus: BusView, proxy: TcpProxy, aiohttp_client: Any, tmp_path: Path
+    bus: BusView, proxy: TcpProxy, receiver_client: Any, tmp_path: Path
 ) -> None:
-    client = await start(aiohttp_client, bus, proxy, tmp_path / "spool")
+    client = await start(receiver_client, bus, proxy, tmp_path / "spool")
     queue = await bus.probe("talent.created")
     proxy.stall()
     results = await asyncio.gather(*(post(client) for _ in range(20)))
@@ -109,10 +109,10 @@ async def test_a_stalled_link_spools_after_the_timeout(
 
 
 async def test_a_restart_drains_what_an_earlier_run_spooled(
-    bus: BusView, proxy: TcpProxy, aiohttp_client: Any, tmp_path: Path
+    bus: BusView, proxy: TcpProxy, receiver_client: Any, tmp_path: Path
 ) -> None:
     spool = tmp_path / "spool"
-    first = await start(aiohttp_client, bus, proxy, spool)
+    first = await start(receiver_client, bus, proxy, spool)
     queue = await bus.probe("talent.created")
     proxy.refuse(True)
     await proxy.cut()
@@ -121,15 +121,15 @@ async def test_a_restart_drains_what_an_earlier_run_spooled(
     await first.close()  # a clean shutdown with a non-empty spool
 
     proxy.refuse(False)
-    second = await start(aiohttp_client, bus, proxy, spool)
+    second = await start(receiver_client, bus, proxy, spool)
     await received(bus, queue, {cid for _, cid in results})
     await drained(second)
 
 
 async def test_a_full_spool_answers_503(
-    bus: BusView, proxy: TcpProxy, aiohttp_client: Any, tmp_path: Path
+    bus: BusView, proxy: TcpProxy, receiver_client: Any, tmp_path: Path
 ) -> None:
-    client = await start(aiohttp_client, bus, proxy, tmp_path / "spool", spool_max_bytes=2000)
+    client = await start(receiver_client, bus, proxy, tmp_path / "spool", spool_max_bytes=2000)
     proxy.refuse(True)
     await proxy.cut()
     statuses = [(await post(client))[0] for _ in range(10)]
