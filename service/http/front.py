@@ -19,11 +19,12 @@ from service.http.app import WEBHOOK, WEBHOOK_PATH
 def open_front_door(app: web.Application, server: web.Server) -> bool:
     """Route the webhook's plain POSTs around the router of `server`, which serves `app`.
 
-    Only for an app with no middlewares and no `on_response_prepare` handlers, which the
-    direct route would skip. Returns whether the door was opened.
+    Only for an app with no middlewares, no `on_response_prepare` handlers and no
+    sub-applications, whose own would be skipped. Returns whether the door was opened.
     """
     webhook = app.get(WEBHOOK)
-    if webhook is None or app.middlewares or app.on_response_prepare:
+    nested = any(isinstance(r, web.PrefixedSubAppResource) for r in app.router.resources())
+    if webhook is None or nested or app.middlewares or app.on_response_prepare:
         return False
     routed = server.request_handler
 

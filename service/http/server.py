@@ -74,7 +74,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
     await runner.setup()
     lifecycle = app[CONTEXT].lifecycle
     assert runner.server is not None
-    open_front_door(app, runner.server)
+    direct = open_front_door(app, runner.server)
     listener = Listener(
         runner.server,
         limit=fitted.max_connections,
@@ -91,6 +91,7 @@ async def serve(settings: Settings, *, publisher: Publisher | None = None) -> No
             addresses=[_address(sock.getsockname()) for sock in listener.sockets],
             tls=context is not None,
             max_connections=fitted.max_connections,
+            direct_route=direct,
             broker=settings.broker_display,
             prefix=settings.bus_prefix,
         )

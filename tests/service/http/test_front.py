@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient
 from service.http.app import WEBHOOK, WEBHOOK_PATH, create_app
 from service.http.front import open_front_door
 from tests.fakes import MemoryPublisher
+from tests.receivers import SpawnReceiver
 from tests.support import API_KEYS, fixture_bodies, receiver_settings
 
 Client = TestClient[Any, Any]
@@ -73,6 +74,55 @@ async def test_the_door_stays_shut_for_an_app_with_middlewares(
     assert seen == [WEBHOOK_PATH]
 
 
+async def test_the_door_stays_shut_for_an_app_with_sub_applications(
+    aiohttp_client: MakeClient,
+) -> None:
+    @web.middleware
+    async def stamp(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        response.headers["X-Stamp"] = "1"
+        return response
+
+    inner = web.Application(middlewares=[stamp])
+    inner.router.add_post("/avionte", _answer("nested"))
+    app = web.Application()
+    app.add_subapp("/webhooks", inner)
+    app[WEBHOOK] = _answer("direct")
+    client = await aiohttp_client(app)
+    assert not open_front_door(app, _server(client))
+    response = await client.post(WEBHOOK_PATH, data=b"{}")
+    assert (await response.text(), response.headers["X-Stamp"]) == ("nested", "1")
+
+
+async def _raw(client: Client, target: str) -> bytes:
+    """The body of the answer to a POST whose request target is sent exactly as given."""
+    host, port = client.server.host, client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(
+            f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 2\r\n"
+            "Connection: close\r\n\r\n{}".encode()
+        )
+        answer = await reader.read()
+    finally:
+        writer.close()
+    return answer.partition(b"\r\n\r\n")[2]
+
+
+async def test_only_the_exact_target_takes_the_door(aiohttp_client: MakeClient) -> None:
+    app = web.Application()
+    app.router.add_post(WEBHOOK_PATH, _answer("routed"))
+    app[WEBHOOK] = _answer("direct")
+    client = await aiohttp_client(app)
+    assert open_front_door(app, _server(client))
+
+    assert await _raw(client, WEBHOOK_PATH) == b"direct"
+    # Absolute form and a fragment: the router still finds the webhook for them.
+    assert await _raw(client, f"http://{client.server.host}{WEBHOOK_PATH}") == b"routed"
+    assert await _raw(client, f"{WEBHOOK_PATH}#x") == b"routed"
+
+
 async def test_the_door_stays_shut_for_an_app_with_response_hooks(
     aiohttp_client: MakeClient,
 ) -> None:
@@ -123,3 +173,9 @@ async def test_the_receiver_answers_alike_with_the_door_open_or_shut(
     assert [status for status, _, _ in direct] == [200, 401, 200, 413, 200, 200, 404, 405, 405, 405]
     assert [m.body for m in through_door.published] == [m.body for m in through_router.published]
     assert len(through_door.published) == 4
+
+
+async def test_the_receiver_as_run_opens_the_door(spawn_receiver: SpawnReceiver) -> None:
+    receiver = await spawn_receiver()
+    [listening] = receiver.events("receiver listening")
+    assert listening["direct_route"] is True
