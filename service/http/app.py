@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from service.http.auth import Authenticator
 from service.http.damping import FailureDamper
 from service.http.delivery_ids import delivery_id
-from service.observability.logs import bound_logger
+from service.observability.lines import LineWriter, info_lines
 from service.observability.metrics import ReceiverMetrics
 from service.publishing.publisher import AmqpPublisher, Publisher
 from service.settings import Settings
@@ -58,7 +58,7 @@ class Context:
     store: DurableStore
     damper: FailureDamper
     metrics: ReceiverMetrics
-    log: structlog.typing.FilteringBoundLogger
+    log: LineWriter
     traced: bool = False
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
@@ -99,14 +99,13 @@ async def receive(ctx: Context, request: web.Request) -> web.Response:
     line: dict[str, Any] = {"delivery_id": delivery_id(), "remote": source}
 
     def done(response: web.Response, outcome: str) -> web.Response:
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        ms = round((time.perf_counter() - started) * 1000, 2)
         ctx.metrics.delivery(outcome, line.get("routing_key"), line.get("tenant_id"))
         if ctx.traced:
             request[SPAN_START](False)
             request[OUTCOME] = outcome
-        ctx.log.info(
-            "delivery", outcome=outcome, status=response.status, duration_ms=duration_ms, **line
-        )
+        status = response.status
+        ctx.log("delivery", {"outcome": outcome, "status": status, "duration_ms": ms, **line})
         return response
 
     if ctx.lifecycle.intake_closed:
@@ -276,7 +275,7 @@ def create_app(
         store,
         damper,
         receiver_metrics,
-        bound_logger("service.delivery"),
+        info_lines("service.delivery"),
         traced=tracer is not None,
     )
     app.cleanup_ctx.append(_store_lifetime)

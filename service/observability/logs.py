@@ -11,7 +11,10 @@ from __future__ import annotations
 import io
 import logging
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
 
 import structlog
@@ -21,6 +24,8 @@ from service.observability.redaction import MaskFields, RedactingJSON, forget_re
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
 # How logging was last configured, for a helper process to log alike (`setup`).
 _SETUP: dict[str, Any] = {"level": "info", "format": "auto", "secrets": ()}
+# While lines are JSON: where they go (`json_sink`).
+_SINK: dict[str, JsonSink] = {}
 
 
 def setup() -> dict[str, Any]:
@@ -34,6 +39,59 @@ def bound_logger(name: str) -> structlog.typing.FilteringBoundLogger:
     The lazy proxy from `structlog.get_logger` pays for a lookup on every call.
     """
     return cast(structlog.typing.FilteringBoundLogger, structlog.get_logger(name).bind())
+
+
+@dataclass(frozen=True, slots=True)
+class JsonSink:
+    """Where `configure_logging` sends JSON lines: its chain, its renderer and its writer.
+
+    `write` writes a rendered line and its newline to the stream, under the lock
+    structlog's loggers of that stream hold.
+    """
+
+    chain: list[structlog.typing.Processor]
+    render: RedactingJSON
+    write: Callable[[bytes], None]
+
+    def renders(self) -> bool:
+        """Whether lines still end in this renderer (`capture_logs` refills the chain in place)."""
+        return bool(self.chain) and self.chain[-1] is self.render
+
+
+def json_sink() -> JsonSink | None:
+    """Where JSON lines go, while structlog is configured as `configure_logging` left it."""
+    sink = _SINK.get("json")
+    if sink is None or structlog.get_config()["processors"] is not sink.chain:
+        return None
+    return sink if sink.renders() else None
+
+
+# The date and time of the current second, formatted once for all the lines within it.
+_SECOND: tuple[int, str] = (-1, "")
+
+
+def utc_now() -> str:
+    """Now, as ISO 8601 in UTC to the microsecond with `Z`, as every line is stamped."""
+    return utc_text(time.time_ns())
+
+
+def utc_text(ns: int) -> str:
+    """A time in nanoseconds since the epoch, as ISO 8601 in UTC to the microsecond with `Z`."""
+    global _SECOND
+    second, micros = divmod(ns // 1000, 1_000_000)
+    cached = _SECOND
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _SECOND = (second, text)
+    return f"{cached[1]}.{micros:06d}Z"
+
+
+def _stamp(
+    logger: Any, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    # structlog's TimeStamper formats a whole datetime for every line (2.5 us against 0.7).
+    event["timestamp"] = utc_now()
+    return event
 
 
 def _is_payload(value: object) -> bool:
@@ -118,7 +176,7 @@ def configure_logging(
         *_trace_ids(),
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _stamp,
         structlog.processors.format_exc_info,
     ]
     last: list[structlog.typing.Processor]
@@ -144,8 +202,12 @@ def configure_logging(
         text_last = [text_line]
 
     numeric = logging.getLevelName(level.upper())
+    processors = [*shared, *last]
+    _SINK.clear()
+    if not use_console:
+        _SINK["json"] = JsonSink(processors, json_line, _BytesLogger(out).msg)
     structlog.configure(
-        processors=[*shared, *last],
+        processors=processors,
         logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
