@@ -14,12 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, BinaryIO, cast
 
 import structlog
 
 from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
+from service.shared.timing import utc_second
 
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
 # How logging was last configured, for a helper process to log alike (`setup`).
@@ -66,10 +66,6 @@ def json_sink() -> JsonSink | None:
     return sink if sink.renders() else None
 
 
-# The date and time of the current second, formatted once for all the lines within it.
-_SECOND: tuple[int, str] = (-1, "")
-
-
 def utc_now() -> str:
     """Now, as ISO 8601 in UTC to the microsecond with `Z`, as every line is stamped."""
     return utc_text(time.time_ns())
@@ -77,13 +73,8 @@ def utc_now() -> str:
 
 def utc_text(ns: int) -> str:
     """A time in nanoseconds since the epoch, as ISO 8601 in UTC to the microsecond with `Z`."""
-    global _SECOND
     second, micros = divmod(ns // 1000, 1_000_000)
-    cached = _SECOND
-    if cached[0] != second:
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        cached = _SECOND = (second, text)
-    return f"{cached[1]}.{micros:06d}Z"
+    return f"{utc_second(second)}.{micros:06d}Z"
 
 
 def _stamp(

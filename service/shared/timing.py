@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 
 def backoff(delays: Sequence[float], failures: int) -> float:
@@ -13,4 +13,20 @@ def backoff(delays: Sequence[float], failures: int) -> float:
 
 def iso_utc(moment: datetime) -> str:
     """An aware UTC time as ISO 8601 to the millisecond, with `Z`."""
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if moment.tzinfo is not UTC:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return f"{utc_second(int(moment.timestamp()))}.{moment.microsecond // 1000:03d}Z"
+
+
+# The last second formatted: a delivery's header and log line are made within one.
+_SECOND: tuple[int, str] = (-1, "")
+
+
+def utc_second(second: int) -> str:
+    """A second since the epoch as `YYYY-MM-DDTHH:MM:SS` in UTC, formatted once a second."""
+    global _SECOND
+    cached = _SECOND
+    if cached[0] != second:
+        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        cached = _SECOND = (second, text)
+    return cached[1]
