@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 from service.observability import tracing
-from service.observability.logs import bound_logger, json_sink, utc_now
+from service.observability.logs import bound_logger, json_sink
+from service.shared.timing import utc_now
 
 # Writes `event` with its fields; the fields' dict is the line's, not to be used again.
 LineWriter = Callable[[str, dict[str, Any]], None]
@@ -50,7 +51,7 @@ def info_lines(name: str) -> LineWriter:
         ids = current_ids
 
     def line(event: str, fields: dict[str, Any]) -> None:
-        if chain[-1] is not render:  # structlog's chain was refilled since (`capture_logs`)
+        if chain[-1] is not render:  # the chain was refilled in place (`capture_logs`)
             logger.info(event, **fields)
             return
         fields["event"] = event

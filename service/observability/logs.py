@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
@@ -19,7 +18,7 @@ from typing import Any, BinaryIO, cast
 import structlog
 
 from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
-from service.shared.timing import utc_second
+from service.shared.timing import utc_now
 
 _QUIET_LIBRARIES = ("aio_pika", "aiormq", "aiohttp.access")
 # How logging was last configured, for a helper process to log alike (`setup`).
@@ -53,28 +52,13 @@ class JsonSink:
     render: RedactingJSON
     write: Callable[[bytes], None]
 
-    def renders(self) -> bool:
-        """Whether lines still end in this renderer (`capture_logs` refills the chain in place)."""
-        return bool(self.chain) and self.chain[-1] is self.render
-
 
 def json_sink() -> JsonSink | None:
     """Where JSON lines go, while structlog is configured as `configure_logging` left it."""
     sink = _SINK.get("json")
     if sink is None or structlog.get_config()["processors"] is not sink.chain:
         return None
-    return sink if sink.renders() else None
-
-
-def utc_now() -> str:
-    """Now, as ISO 8601 in UTC to the microsecond with `Z`, as every line is stamped."""
-    return utc_text(time.time_ns())
-
-
-def utc_text(ns: int) -> str:
-    """A time in nanoseconds since the epoch, as ISO 8601 in UTC to the microsecond with `Z`."""
-    second, micros = divmod(ns // 1000, 1_000_000)
-    return f"{utc_second(second)}.{micros:06d}Z"
+    return sink
 
 
 def _stamp(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -30,3 +31,14 @@ def utc_second(second: int) -> str:
         text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         cached = _SECOND = (second, text)
     return cached[1]
+
+
+def utc_now() -> str:
+    """Now, as ISO 8601 in UTC to the microsecond with `Z`, as every log line is stamped."""
+    return utc_text(time.time_ns())
+
+
+def utc_text(ns: int) -> str:
+    """A time in nanoseconds since the epoch, as ISO 8601 in UTC to the microsecond with `Z`."""
+    second, micros = divmod(ns // 1000, 1_000_000)
+    return f"{utc_second(second)}.{micros:06d}Z"

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
 import structlog
-from hypothesis import given
-from hypothesis import strategies as st
 
 from service.observability.lines import info_lines
-from service.observability.logs import bound_logger, configure_logging, utc_now, utc_text
+from service.observability.logs import bound_logger, configure_logging
 
 SECRET = "lines-secret-5678"
 FIELDS = {
@@ -69,20 +66,6 @@ def test_logging_configured_elsewhere_is_followed() -> None:
     with structlog.testing.capture_logs() as captured:
         info_lines("service.delivery")("delivery", dict(FIELDS))
     assert captured == [{**FIELDS, "event": "delivery", "log_level": "info"}]
-
-
-@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9), min_size=1))
-def test_the_timestamp_is_iso_utc_to_the_microsecond(moments: list[int]) -> None:
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    for ns in moments:
-        expected = epoch + timedelta(microseconds=ns // 1000)
-        assert utc_text(ns) == expected.isoformat(timespec="microseconds")[:-6] + "Z"
-
-
-def test_lines_are_stamped_now() -> None:
-    before = datetime.now(UTC)
-    stamped = datetime.fromisoformat(utc_now())
-    assert before <= stamped <= datetime.now(UTC)
 
 
 @pytest.mark.usefixtures("restored_logging")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.shared.timing import backoff, iso_utc
+from service.shared.timing import backoff, iso_utc, utc_now, utc_text
 
 MOMENTS = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1))
 
@@ -38,3 +38,17 @@ def test_a_second_boundary() -> None:
 
 def test_backoff_repeats_the_last_delay() -> None:
     assert [backoff([1, 5, 30], n) for n in range(5)] == [1, 5, 30, 30, 30]
+
+
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9), min_size=1))
+def test_the_timestamp_is_iso_utc_to_the_microsecond(moments: list[int]) -> None:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    for ns in moments:
+        expected = epoch + timedelta(microseconds=ns // 1000)
+        assert utc_text(ns) == expected.isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def test_lines_are_stamped_now() -> None:
+    before = datetime.now(UTC)
+    stamped = datetime.fromisoformat(utc_now())
+    assert before <= stamped <= datetime.now(UTC)
