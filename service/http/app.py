@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -69,7 +70,8 @@ OUTCOME = web.RequestKey("outcome", str)
 # Starts the delivery's span (once), told whether the delivery authenticated; tracing only.
 SPAN_START: web.RequestKey[Callable[[bool], None]] = web.RequestKey("span_start")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-# The webhook's handler as routed (traced, when tracing is on), for the front door.
+# The webhook's handler (traced, when tracing is on), for the front door; traced, it
+# returns an awaitable without being a coroutine function (`routable` wraps it).
 WEBHOOK: web.AppKey[Handler] = web.AppKey("webhook")
 
 
@@ -193,6 +195,17 @@ async def receive(ctx: Context, request: web.Request) -> web.Response:
     return done(_json(200, {"status": outcome, "id": message.message_id}), outcome)
 
 
+def routable(handler: Handler) -> Handler:
+    """`handler` as the coroutine function aiohttp's router asks for."""
+    if inspect.iscoroutinefunction(handler):
+        return handler
+
+    async def routed(request: web.Request) -> web.StreamResponse:
+        return await handler(request)
+
+    return routed
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process answers."""
     return _json(200, {"status": "ok"})
@@ -285,7 +298,7 @@ def create_app(
 
         continues = settings.trace_sender_context == "authenticated"
         webhook = spans.traced(webhook, tracer, WEBHOOK_PATH, continue_sender=continues)
-    app.router.add_post(WEBHOOK_PATH, webhook)
+    app.router.add_post(WEBHOOK_PATH, routable(webhook))
     app[WEBHOOK] = webhook
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

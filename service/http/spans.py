@@ -9,6 +9,7 @@ delivery's `traceparent` be its parent. Storing adds the publish's attributes to
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from contextvars import Token
 from typing import Any
 
@@ -27,27 +28,31 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
     """`handler` inside a SERVER span per request, timed from the request's arrival.
 
     Without `continue_sender` every delivery starts a trace of our own, so its sampling
-    is decided before anything else: a dropped one runs `handler` with its ids alone
-    (`sampling.dropped`), no span and no closure. With it, the span starts once the
-    handler knows whether the delivery authenticated (it calls `SPAN_START`): only an
-    authenticated delivery's `traceparent` may be the parent, or anyone could choose our
-    sampling and write into our traces.
+    is decided before anything else: a dropped one is `handler`'s own coroutine, run
+    with its ids alone (`sampling.dropped`), no span, no closure and no frame of ours.
+    The result is then not a coroutine function: route it through `routable`.
+
+    With `continue_sender`, the span starts once the handler knows whether the delivery
+    authenticated (it calls `SPAN_START`): only an authenticated delivery's `traceparent`
+    may be the parent, or anyone could choose our sampling and write into our traces.
     """
     name = f"POST {route}"
     decide = sampling.decider(tracer)
 
-    async def own(request: web.Request) -> web.StreamResponse:
+    def own(request: web.Request) -> Awaitable[web.StreamResponse]:
+        # Not a coroutine: a dropped delivery is the handler's own coroutine, with no
+        # frame of ours for every resumption to pass through. The ids need no reset:
+        # aiohttp runs each request in a task of its own, in a copy of the context.
         arrived = time.time_ns()
         verdict = decide(name)
         request[SPAN_START] = _started
         if isinstance(verdict, Dropped):
-            dropping = sampling.dropped.set(verdict)
-            try:
-                return await handler(request)
-            finally:
-                sampling.dropped.reset(dropping)
+            sampling.dropped.set(verdict)
+            return handler(request)
+        if sampling.dropped.get() is not None:  # a caller that reuses one context
+            sampling.dropped.set(None)
         span = _start(tracer, name, request, route, Context(), arrived, verdict)
-        return await _within(span, handler, request)
+        return _within(span, handler, request)
 
     async def continued(request: web.Request) -> web.StreamResponse:
         arrived = time.time_ns()

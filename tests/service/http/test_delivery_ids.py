@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 import uuid
 
 from service.http.delivery_ids import BLOCK, delivery_id
+from tests.receivers import base_env
 
 
 def test_ids_are_canonical_version_4_uuids_and_all_distinct() -> None:
@@ -30,16 +32,34 @@ def test_the_122_random_bits_vary_and_the_other_6_do_not() -> None:
     assert ever_set & fixed == (0x4 << 76) | (0x2 << 62)
 
 
+# Forked in a fresh interpreter: in the test process, threads and at-fork hooks left by
+# other tests (the tracing SDK registers one) can hold a lock the child then waits on.
+FORKING = """
+import os
+from service.http.delivery_ids import delivery_id
+
+delivery_id()  # the parent holds a partly used block
+reading, writing = os.pipe()
+child = os.fork()
+if child == 0:
+    os.write(writing, "".join(delivery_id() for _ in range(5)).encode())
+    os._exit(0)
+os.close(writing)
+os.waitpid(child, 0)
+print(os.read(reading, 4096).decode())
+print("".join(delivery_id() for _ in range(5)))
+"""
+
+
 def test_a_forked_child_draws_its_own_ids() -> None:
-    delivery_id()  # the parent holds a partly used block
-    reading, writing = os.pipe()
-    child = os.fork()
-    if child == 0:
-        os.write(writing, "".join(delivery_id() for _ in range(5)).encode())
-        os._exit(0)
-    os.close(writing)
-    os.waitpid(child, 0)
-    from_child = os.read(reading, 4096).decode()
-    os.close(reading)
-    ours = "".join(delivery_id() for _ in range(5))
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING],
+        env=base_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    from_child, ours = done.stdout.split()
+    assert len(from_child) == len(ours) == 5 * 36
     assert from_child != ours

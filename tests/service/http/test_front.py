@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service.http.app import WEBHOOK, WEBHOOK_PATH, create_app
+from service.http.app import WEBHOOK, WEBHOOK_PATH, create_app, routable
 from service.http.front import open_front_door
 from tests.fakes import MemoryPublisher
 from tests.receivers import SpawnReceiver
@@ -179,3 +179,28 @@ async def test_the_receiver_as_run_opens_the_door(spawn_receiver: SpawnReceiver)
     receiver = await spawn_receiver()
     [listening] = receiver.events("receiver listening")
     assert listening["direct_route"] is True
+
+
+async def test_a_handler_that_only_returns_an_awaitable_serves_both_ways(
+    aiohttp_client: MakeClient,
+) -> None:
+    # As the traced webhook is: not a coroutine function, so that a delivery the sampler
+    # drops is the handler's own coroutine.
+    inner = _answer("handled")
+    calls: list[str] = []
+
+    def handler(request: web.Request) -> Awaitable[web.StreamResponse]:
+        calls.append(request.path)
+        return inner(request)
+
+    app = web.Application()
+    app.router.add_post(WEBHOOK_PATH, routable(handler))  # the router warns for bare functions
+    app[WEBHOOK] = handler
+    client = await aiohttp_client(app)
+    assert open_front_door(app, _server(client))
+
+    assert await (await client.post(WEBHOOK_PATH, data=b"{}")).text() == "handled"
+    expecting = await client.post(WEBHOOK_PATH, data=b"{}", expect100=True)
+    assert await expecting.text() == "handled"
+    assert calls == [WEBHOOK_PATH, WEBHOOK_PATH]
+    assert routable(inner) is inner

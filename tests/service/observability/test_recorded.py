@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.propagators.composite import CompositePropagator
@@ -35,7 +36,7 @@ from opentelemetry.trace import (
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from service.observability import sampling, spans, tracing
-from service.observability.export_process import read_frame, rebuild
+from service.observability.export_process import read_frame, rebuild, span_attributes
 from service.observability.handoff import compact, frame
 from service.observability.recorded import RecordedSpan
 from service.observability.resource import SettledResource
@@ -250,3 +251,30 @@ def test_a_recorded_span_is_carried_as_the_w3c_propagators_write_it(
 )
 def test_only_w3c_propagators_are_written_directly(value: str, w3c: bool) -> None:
     assert tracing._w3c_only({"OTEL_PROPAGATORS": value}) is w3c
+
+
+@settings(max_examples=200, deadline=None)
+@given(limits=limits, attributes=attribute_maps)
+def test_a_span_s_attributes_are_kept_as_bounded_attributes_keeps_them(
+    limits: SpanLimits, attributes: dict[str, Any]
+) -> None:
+    attributes = read_frame(BytesIO(frame(attributes)))  # as they come down the pipe
+    ours = span_attributes(attributes, limits)
+    sdk = BoundedAttributes(
+        limits.max_span_attributes,
+        attributes,
+        immutable=True,
+        max_value_len=limits.max_span_attribute_length,
+    )
+    assert list(ours.items()) == list(sdk.items())
+    assert ours.dropped == sdk.dropped
+
+
+def test_plain_attributes_within_the_limits_are_kept_as_they_came() -> None:
+    attributes = {"http.request.method": "POST", "http.response.status_code": 200, "ok": True}
+    kept = span_attributes(attributes, SpanLimits())
+    assert not isinstance(kept, BoundedAttributes)
+    assert (dict(kept), kept.dropped) == (attributes, 0)
+    too_long = span_attributes({"url.path": "/webhooks"}, SpanLimits(max_span_attribute_length=4))
+    assert isinstance(too_long, BoundedAttributes)
+    assert dict(too_long) == {"url.path": "/web"}
