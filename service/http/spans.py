@@ -43,7 +43,6 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         # Not a coroutine: a dropped delivery is the handler's own coroutine, with no
         # frame of ours for every resumption to pass through. The ids need no reset:
         # aiohttp runs each request in a task of its own, in a copy of the context.
-        arrived = time.time_ns()
         verdict = decide(name)
         request[SPAN_START] = _started
         if isinstance(verdict, Dropped):
@@ -51,7 +50,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
             return handler(request)
         if sampling.dropped.get() is not None:  # a caller that reuses one context
             sampling.dropped.set(None)
-        span = _start(tracer, name, request, route, Context(), arrived, verdict)
+        span = _start(tracer, name, request, route, Context(), time.time_ns(), verdict)
         return _within(span, handler, request)
 
     async def continued(request: web.Request) -> web.StreamResponse:

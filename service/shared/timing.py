@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -16,7 +17,8 @@ def iso_utc(moment: datetime) -> str:
     """An aware UTC time as ISO 8601 to the millisecond, with `Z`."""
     if moment.tzinfo is not UTC:
         return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return f"{utc_second(int(moment.timestamp()))}.{moment.microsecond // 1000:03d}Z"
+    # floor, not int: a moment before 1970 has a negative timestamp.
+    return f"{utc_second(math.floor(moment.timestamp()))}.{moment.microsecond // 1000:03d}Z"
 
 
 # The last second formatted: a delivery's header and log line are made within one.

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from service.shared.timing import backoff, iso_utc, utc_now, utc_text
 
-MOMENTS = st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2100, 1, 1))
+MOMENTS = st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2100, 1, 1))
 
 
 def reference(moment: datetime) -> str:
