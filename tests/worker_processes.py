@@ -38,18 +38,30 @@ class WorkerProcess:
     async def stop(self, signum: int = signal.SIGTERM, within: float = 60) -> int:
         if self.process.returncode is None:
             self.process.send_signal(signum)
-        return await asyncio.wait_for(self.process.wait(), within)
+        try:
+            return await asyncio.wait_for(self.process.wait(), within)
+        except TimeoutError:
+            self.process.kill()  # a failed test leaves no process behind
+            await self.process.wait()
+            raise AssertionError(f"running {within} s after signal {signum}; killed") from None
 
 
 async def start_consumers(
-    args: list[str], log: Path, env: dict[str, str], ready: str, what: str, within: float = 20
+    args: list[str],
+    log: Path,
+    env: dict[str, str],
+    ready: str,
+    what: str,
+    within: float = 20,
+    *,
+    module: str = "consumers",
 ) -> WorkerProcess:
     """Start `python -m consumers ARGS...`; wait until its log says `ready` (or fail with it)."""
     with log.open("w") as stderr:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "consumers",
+            module,
             *args,
             env=base_env(**env),
             stderr=stderr,

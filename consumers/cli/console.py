@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 from typing import Any
 
 import structlog
@@ -18,8 +19,12 @@ from consumers.console.settings import ConsoleSettings
 from consumers.settings import WorkerSettings
 from service.observability.logs import configure_logging
 from service.shared.errors import SettingsError
+from service.shared.supervise import ended_within, waiting_tasks
 
 log = structlog.get_logger("consumers.console")
+
+# In-flight pages get 5 s (`shutdown_timeout`); each later step has its own bound.
+STOP_WITHIN = 15.0
 
 
 def add(commands: Any) -> None:
@@ -61,7 +66,15 @@ async def serve(settings: ConsoleSettings) -> None:
         await stop.wait()
         log.info("console stopping")
     finally:
-        await runner.cleanup()
+        if not await ended_within(runner.cleanup(), STOP_WITHIN):
+            # Nothing is lost: a sweep acks an original only once its copy is confirmed.
+            log.error(
+                "console: could not stop in time; exiting anyway",
+                within=STOP_WITHIN,
+                waiting=waiting_tasks(),
+            )
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def _listening(host: str, port: int) -> socket.socket:

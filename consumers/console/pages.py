@@ -31,14 +31,15 @@ from consumers.operations.reroute import reroute
 from consumers.topology import ConsumerQueues
 from service.shared import brokers
 from service.shared.bus import BusNames
-from service.shared.supervise import keep_running
-from service.shared.supervise import stop as stop_task
+from service.shared.supervise import ended_within, keep_running, stop_insisting
 
 log = structlog.get_logger("consumers.console")
 
 HERE = Path(__file__).parent
 _KEY = re.compile(r"[0-9a-f]{24}")
 ICON = "image/svg+xml"
+# Without a link a close waits for an answer that never comes.
+CLOSE_WITHIN = 5.0
 
 
 class Broker:
@@ -290,8 +291,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     ]
     yield
     for task in tasks:
-        await stop_task(task)
-    await ctx["broker"].close()
+        await stop_insisting(task)
+    if not await ended_within(ctx["broker"].close(), CLOSE_WITHIN):
+        log.warning("console: could not close the broker connection in time", within=CLOSE_WITHIN)
 
 
 async def favicon(request: web.Request) -> web.FileResponse:

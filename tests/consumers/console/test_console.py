@@ -32,9 +32,10 @@ from tests.consoles import (
     operator_page,
     start_console,
 )
-from tests.support import BusView
+from tests.support import AMQP_URL, BusView
 from tests.tools.nodes import free_port
-from tests.worker_processes import SpawnWorker, run_cli
+from tests.tools.tcp_proxy import TcpProxy
+from tests.worker_processes import SpawnWorker, run_cli, start_consumers
 from tests.workers.failures import failing
 
 pytestmark = [pytest.mark.rabbit, pytest.mark.timeout(120)]
@@ -408,3 +409,47 @@ async def test_a_broker_out_of_reach_is_a_page_that_says_so(bus: BusView, tmp_pa
         assert "broker-pw-31337" not in running.log.read_text()
     finally:
         assert await running.stop() == 0
+
+
+async def test_a_console_whose_broker_link_froze_still_stops(
+    bus: BusView, proxy: TcpProxy, tmp_path: Path
+) -> None:
+    env = console_env(bus.names.prefix, AMQP_URL=proxy.url_for(AMQP_URL))
+    running = await start_console(tmp_path / "console.log", env)
+    try:
+        async with aiohttp.ClientSession(headers=basic(USER, PASSWORD)) as session:
+            # Following the workers' reports: a channel open and consuming through the link.
+            async with asyncio.timeout(20):
+                while True:
+                    async with session.get(running.url + "/") as response:
+                        assert response.status == 200
+                        if "no worker reports read yet" not in await response.text():
+                            break
+                    await asyncio.sleep(0.2)
+        proxy.stall()  # every close now waits for an answer that never comes
+        assert await running.stop() == 0
+        assert running.events("console stopping")
+        assert not running.events("console: could not stop in time; exiting anyway")
+    finally:
+        proxy.resume()
+        await running.stop()
+
+
+async def test_a_console_whose_clean_up_hangs_exits_anyway_and_says_where(
+    bus: BusView, tmp_path: Path
+) -> None:
+    running = Console(
+        await start_consumers(
+            ["console"],
+            tmp_path / "console.log",
+            console_env(bus.names.prefix),
+            "console listening",
+            "console",
+            module="tests.consumers.console.stubborn",
+        )
+    )
+    assert await running.stop() == 1
+    [forced] = running.events("console: could not stop in time; exiting anyway")
+    assert forced["within"] == 2.0
+    # Where it waits: in a step of the application's clean-up.
+    assert any("_on_cleanup" in where for where in forced["waiting"].values()), forced
