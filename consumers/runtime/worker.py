@@ -50,8 +50,7 @@ from service.shared.brokers import Nodes
 from service.shared.bus import BusNames
 from service.shared.envelope import body_digest, parse
 from service.shared.errors import InvalidEnvelope
-from service.shared.supervise import keep_running
-from service.shared.supervise import stop as stop_task
+from service.shared.supervise import keep_running, stop_insisting
 from service.shared.text import safe_text
 from service.shared.timing import backoff
 
@@ -144,7 +143,9 @@ class Worker:
                 if metrics is not None:
                     await metrics.runner.cleanup()
         finally:
-            await stop_task(pruning)
+            # Insisting is safe: a second cancel only ends a prune (or, below, a report) early.
+            if pruning is not None:
+                await stop_insisting(pruning)
             if store is not None:
                 await store.close()
             # Handlers have drained: what they shared (an API client's pool) can go.
@@ -173,7 +174,7 @@ class Worker:
                 try:
                     await _first(stop.wait(), session.lost())
                 finally:
-                    await stop_task(reporting)
+                    await stop_insisting(reporting)
                 if stop.is_set():
                     await self._stop_running(running)
                     await bounded(self._reporter.last_word(session.publishing), "report")
