@@ -144,8 +144,7 @@ class Worker:
                     await metrics.runner.cleanup()
         finally:
             # Insisting is safe: a second cancel only ends a prune (or, below, a report) early.
-            if pruning is not None:
-                await stop_insisting(pruning)
+            await stop_insisting(pruning)
             if store is not None:
                 await store.close()
             # Handlers have drained: what they shared (an API client's pool) can go.

@@ -80,12 +80,16 @@ def _report(task: asyncio.Task[None]) -> None:
         )
 
 
-async def stop_insisting(task: asyncio.Task[None], *, every: float = 1.0, tries: int = 5) -> bool:
+async def stop_insisting(
+    task: asyncio.Task[None] | None, *, every: float = 1.0, tries: int = 5
+) -> bool:
     """Cancel `task` until it ends, `tries` times at most, `every` s apart; True if it ended.
 
     For tasks whose clean-up may be cut short: a library can swallow a cancellation that
     lands as a reply arrives (`wait_for` on Python 3.11 does), and one cancel is then lost.
     """
+    if task is None:
+        return True
     for attempt in range(tries):
         task.cancel()
         done, _ = await asyncio.wait([task], timeout=every)
@@ -116,14 +120,12 @@ async def ended_within(step: Awaitable[Any], seconds: float) -> bool:
     return True
 
 
-def waiting_at(task: asyncio.Future[Any]) -> str:
+def waiting_at(task: asyncio.Task[Any]) -> str:
     """Where `task` is suspended, as `file:line function` from the outermost frame in.
 
     `Task.get_stack` gives one frame for a suspended task, so this follows what each
     coroutine awaits, as far as it can be followed (not into an async generator).
     """
-    if not isinstance(task, asyncio.Task):
-        return ""
     shown = []
     step: Any = task.get_coro()
     while step is not None:

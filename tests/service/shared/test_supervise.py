@@ -68,6 +68,7 @@ async def test_a_task_that_swallowed_its_cancel_is_cancelled_again() -> None:
     assert await stop_insisting(task, every=0.05)
     assert swallowed == [1]
     assert task.cancelled()
+    assert await stop_insisting(None)  # nothing started: nothing to stop
 
 
 async def test_a_task_that_never_ends_is_given_up_on_and_says_where_it_waits() -> None:
