@@ -162,3 +162,78 @@ def test_a_taken_default_port_stops_the_run_at_once_naming_it() -> None:
     assert done.returncode == 4, done.stdout + done.stderr
     assert "port 8090 is taken on this machine" in done.stdout + done.stderr
     assert "passed" not in done.stdout
+
+
+@pytest.mark.default_ports(8080, 8090, 9100, 8081, 8091, 9101)
+async def test_two_make_runs_side_by_side_as_the_readme_has_them(
+    bus: BusView, tmp_path: Path
+) -> None:
+    for consumer in (audit_log.consumer, placement_sync.consumer, history.consumer):
+        bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+    audit = tmp_path / "audit-log"
+    first = base_env(
+        BUS_PREFIX=bus.names.prefix, AUDIT_LOG_DIR=str(audit), SPOOL_DIR=str(tmp_path / "spool")
+    )
+    # The README's line for a second copy: other ports, and a spool of its own.
+    second = {
+        **first,
+        "PORT": "8081",
+        "CONSOLE_PORT": "8091",
+        "METRICS_PORT": "9101",
+        "SPOOL_DIR": str(tmp_path / "spool-2"),
+    }
+    runs: list[tuple[asyncio.subprocess.Process, Path]] = []
+    try:
+        for number, (env, port) in enumerate(((first, 8080), (second, 8081))):
+            out = tmp_path / f"make-run-{number}.log"
+            with out.open("w") as log:
+                make = await asyncio.create_subprocess_exec(
+                    "make",
+                    "run",
+                    cwd=ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            runs.append((make, out))
+            async with asyncio.timeout(90):
+                while await answers(f"http://127.0.0.1:{port}/readyz") != 200:
+                    assert make.returncode is None, out.read_text()
+                    await asyncio.sleep(0.2)
+                # Both workers of each run: the example consumers' and the history's.
+                while out.read_text().count('"event":"worker started"') < 2:
+                    assert make.returncode is None, out.read_text()
+                    await asyncio.sleep(0.2)
+        assert '"metrics":"http://0.0.0.0:9101/metrics"' in runs[1][1].read_text()
+        sent = []
+        async with aiohttp.ClientSession() as session:
+            for port in (8080, 8081):
+                async with session.post(
+                    f"http://127.0.0.1:{port}" + WEBHOOK_PATH,
+                    data=fixture_bodies()["placement_updated"],
+                    headers={"X-api-key": "dev-api-key", "Content-Type": "application/json"},
+                ) as response:
+                    assert response.status == 200
+                    sent.append((await response.json())["id"])
+        # One queue per consumer for both copies: each event is written once, by either.
+        async with asyncio.timeout(30):
+            while not all(
+                any(sent_id in p.read_text() for p in audit.glob("*.jsonl")) for sent_id in sent
+            ):
+                await asyncio.sleep(0.2)
+    finally:
+        for make, _ in runs:
+            if make.returncode is None:
+                os.killpg(make.pid, signal.SIGINT)
+        for make, _ in runs:
+            try:
+                await asyncio.wait_for(make.wait(), 60)
+            except TimeoutError:
+                os.killpg(make.pid, signal.SIGKILL)
+                await make.wait()
+        await _forget_dedupe_rows(bus.names.prefix)
+    for port in (8080, 8081, 8090, 8091):
+        assert await answers(f"http://127.0.0.1:{port}/") is None, f"{port} still answers"
+    for _, out in runs:
+        assert '"level":"error"' not in out.read_text()
