@@ -39,21 +39,43 @@ async def answers(url: str, **kwargs: object) -> int | None:
         return None
 
 
+def _examples_env(bus: BusView, tmp_path: Path) -> dict[str, str]:
+    """The test's own prefix and output directories; its queues removed after it."""
+    for consumer in (audit_log.consumer, placement_sync.consumer, history.consumer):
+        bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+    return base_env(
+        BUS_PREFIX=bus.names.prefix,
+        AUDIT_LOG_DIR=str(tmp_path / "audit-log"),
+        SPOOL_DIR=str(tmp_path / "spool"),
+    )
+
+
+async def _make_run(env: dict[str, str], out: Path) -> asyncio.subprocess.Process:
+    with out.open("w") as log:
+        return await asyncio.create_subprocess_exec(
+            "make", "run", cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
+        )
+
+
+async def _interrupt(make: asyncio.subprocess.Process) -> None:
+    """Ctrl-C, as the README says; killed if it has not stopped within a minute."""
+    if make.returncode is None:
+        os.killpg(make.pid, signal.SIGINT)
+    try:
+        await asyncio.wait_for(make.wait(), 60)
+    except TimeoutError:
+        os.killpg(make.pid, signal.SIGKILL)
+        await make.wait()
+
+
 @pytest.mark.default_ports(8080, 8090, 9100)
 async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
     bus: BusView, tmp_path: Path
 ) -> None:
-    for consumer in (audit_log.consumer, placement_sync.consumer, history.consumer):
-        bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+    env = _examples_env(bus, tmp_path)
     audit = tmp_path / "audit-log"
-    env = base_env(
-        BUS_PREFIX=bus.names.prefix, AUDIT_LOG_DIR=str(audit), SPOOL_DIR=str(tmp_path / "spool")
-    )
     out = tmp_path / "make-run.log"
-    with out.open("w") as log:
-        make = await asyncio.create_subprocess_exec(
-            "make", "run", cwd=ROOT, env=env, stdout=log, stderr=log, start_new_session=True
-        )
+    make = await _make_run(env, out)
     try:
         async with asyncio.timeout(90):
             while await answers("http://127.0.0.1:8080/readyz") != 200:
@@ -107,13 +129,7 @@ async def test_make_run_serves_a_delivery_to_the_examples_and_opens_the_console(
                     overview = await response.json()
         assert overview["troubled"] == []
     finally:
-        if make.returncode is None:
-            os.killpg(make.pid, signal.SIGINT)  # Ctrl-C, as the README says
-            try:
-                await asyncio.wait_for(make.wait(), 60)
-            except TimeoutError:
-                os.killpg(make.pid, signal.SIGKILL)
-                await make.wait()
+        await _interrupt(make)
         await _forget_dedupe_rows(bus.names.prefix)
     assert await answers("http://127.0.0.1:8080/readyz") is None, "the receiver stopped"
     assert await answers("http://127.0.0.1:8090/") is None, "the console stopped"
@@ -168,12 +184,8 @@ def test_a_taken_default_port_stops_the_run_at_once_naming_it() -> None:
 async def test_two_make_runs_side_by_side_as_the_readme_has_them(
     bus: BusView, tmp_path: Path
 ) -> None:
-    for consumer in (audit_log.consumer, placement_sync.consumer, history.consumer):
-        bus.forget_later(*consumer_queue_names(bus.names.prefix, consumer))
+    first = _examples_env(bus, tmp_path)
     audit = tmp_path / "audit-log"
-    first = base_env(
-        BUS_PREFIX=bus.names.prefix, AUDIT_LOG_DIR=str(audit), SPOOL_DIR=str(tmp_path / "spool")
-    )
     # The README's line for a second copy: other ports, and a spool of its own.
     second = {
         **first,
@@ -186,16 +198,7 @@ async def test_two_make_runs_side_by_side_as_the_readme_has_them(
     try:
         for number, (env, port) in enumerate(((first, 8080), (second, 8081))):
             out = tmp_path / f"make-run-{number}.log"
-            with out.open("w") as log:
-                make = await asyncio.create_subprocess_exec(
-                    "make",
-                    "run",
-                    cwd=ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=log,
-                    start_new_session=True,
-                )
+            make = await _make_run(env, out)
             runs.append((make, out))
             async with asyncio.timeout(90):
                 while await answers(f"http://127.0.0.1:{port}/readyz") != 200:
@@ -224,14 +227,7 @@ async def test_two_make_runs_side_by_side_as_the_readme_has_them(
                 await asyncio.sleep(0.2)
     finally:
         for make, _ in runs:
-            if make.returncode is None:
-                os.killpg(make.pid, signal.SIGINT)
-        for make, _ in runs:
-            try:
-                await asyncio.wait_for(make.wait(), 60)
-            except TimeoutError:
-                os.killpg(make.pid, signal.SIGKILL)
-                await make.wait()
+            await _interrupt(make)
         await _forget_dedupe_rows(bus.names.prefix)
     for port in (8080, 8081, 8090, 8091):
         assert await answers(f"http://127.0.0.1:{port}/") is None, f"{port} still answers"
