@@ -151,6 +151,8 @@ async def _forget_dedupe_rows(prefix: str) -> None:
         await connection.close()
 
 
+# It holds 8090 itself: in the group of tests that need the port, never beside one.
+@pytest.mark.default_ports(8090)
 def test_a_taken_default_port_stops_the_run_at_once_naming_it() -> None:
     # Held by "someone else" (the port the console's default test needs): a run that
     # selects that test stops before any test, with the port and what to do.
