@@ -11,7 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, NoReturn, cast
 
 import pytest
 from aiohttp import web
@@ -78,7 +78,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
     """Stop at once, with the port named, when a test of the defaults cannot have its ports.
 
     With `pytest -n 2 --dist loadgroup` (`make test`) a module's tests run in one worker,
@@ -103,12 +105,39 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
-                pytest.exit(
+                _stop_before_any_test(
+                    session,
                     f"port {port} is taken on this machine. The suite runs `make run` and the"
                     f" console on their default ports (8080, 8090, 9100): stop what holds {port}"
                     " (a `make run` still up? Ctrl-C it) and run `make test` again.",
-                    returncode=4,
                 )
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Stop when `--dist loadgroup` would not group: the tests of the defaults would race.
+
+    pytest-xdist groups a test by renaming it `<id>@<group>`; a pytest that ignores the
+    rename (9.2.0 does) leaves every test ungrouped, with no word said.
+    """
+    if session.shouldstop or not getattr(session.config.option, "loadgroup", False):
+        return  # stopped already (pytest calls this hook after a failed collection too)
+    ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
+    if ungrouped:
+        _stop_before_any_test(
+            session,
+            f"pytest-xdist could not group the tests ({ungrouped[0]} has no group), so tests"
+            " that need the same port would run at once. Install the versions in"
+            " constraints.txt (`make venv`) and run `make test` again.",
+        )
+
+
+def _stop_before_any_test(session: pytest.Session, reason: str) -> NoReturn:
+    """End the run with `reason` shown, from one process or from a pytest-xdist worker.
+
+    A worker's own exit message is not shown; its `shouldstop` is, as the run's reason.
+    """
+    session.shouldstop = reason
+    pytest.exit(reason, returncode=4)
 
 
 @pytest.fixture(scope="session", autouse=True)
