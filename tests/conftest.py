@@ -114,13 +114,23 @@ def pytest_collection_modifyitems(
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Stop when `--dist loadgroup` would not group: the tests of the defaults would race.
+    """Stop when the tests of the defaults would not run in one process, one at a time.
 
+    In several processes they must be grouped (`--dist loadgroup`, as `make test` runs).
     pytest-xdist groups a test by renaming it `<id>@<group>`; a pytest that ignores the
     rename (9.2.0 does) leaves every test ungrouped, with no word said.
     """
-    if session.shouldstop or not getattr(session.config.option, "loadgroup", False):
+    config = session.config
+    if session.shouldstop or not hasattr(config, "workerinput"):
         return  # stopped already (pytest calls this hook after a failed collection too)
+    if not getattr(config.option, "loadgroup", False):
+        if any(item.get_closest_marker("default_ports") for item in session.items):
+            _stop_before_any_test(
+                session,
+                "tests that need the same port would run at once in several processes:"
+                " add `--dist loadgroup` (as `make test` does), or select other tests.",
+            )
+        return
     ungrouped = [item.nodeid for item in session.items if "@" not in item.nodeid]
     if ungrouped:
         _stop_before_any_test(

@@ -189,6 +189,35 @@ def test_a_taken_default_port_stops_the_run_at_once_naming_it(processes: list[st
     assert "no tests ran" in printed
 
 
+# In the group of the tests of 8090: beside one, the run it starts would find 8090 taken.
+@pytest.mark.default_ports(8090)
+def test_several_processes_without_groups_stop_before_the_tests_of_the_defaults() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-n",
+            "2",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/consumers/console/test_console.py",
+            "-k",
+            "by_default",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    printed = done.stdout + done.stderr
+    assert done.returncode == 2, printed
+    assert "add `--dist loadgroup` (as `make test` does)" in printed
+    assert "no tests ran" in printed
+
+
 @pytest.mark.default_ports(8080, 8090, 9100, 8081, 8091, 9101)
 async def test_two_make_runs_side_by_side_as_the_readme_has_them(
     bus: BusView, tmp_path: Path
