@@ -17,6 +17,7 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
+from service.observability.held import HeldLines
 from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
 from service.shared.timing import utc_now
 
@@ -42,15 +43,17 @@ def bound_logger(name: str) -> structlog.typing.FilteringBoundLogger:
 
 @dataclass(frozen=True, slots=True)
 class JsonSink:
-    """Where `configure_logging` sends JSON lines: its chain, its renderer and its writer.
+    """Where `configure_logging` sends JSON lines: its chain, its renderer and its writers.
 
     `write` writes a rendered line and its newline to the stream, under the lock
-    structlog's loggers of that stream hold.
+    structlog's loggers of that stream hold; `held` holds lines to the end of the event
+    loop's pass (`service.observability.held`), and every other line writes them first.
     """
 
     chain: list[structlog.typing.Processor]
     render: RedactingJSON
     write: Callable[[bytes], None]
+    held: HeldLines
 
 
 def json_sink() -> JsonSink | None:
@@ -83,7 +86,28 @@ class _NoPayloads(logging.Filter):
 
 
 class _BytesLogger(structlog.BytesLogger):
-    """A BytesLogger that can carry the name it was asked for."""
+    """A BytesLogger that can carry the name it was asked for, and writes held lines first."""
+
+    held: HeldLines | None = None
+
+    def msg(self, message: bytes) -> None:
+        if self.held is not None:
+            self.held.flush()
+        super().msg(message)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The standard library's lines, after the held ones."""
+
+    held: HeldLines | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.held is not None:
+            self.held.flush()
+        super().emit(record)
 
 
 def _named(logger: Any, args: tuple[Any, ...]) -> Any:
@@ -169,7 +193,9 @@ def configure_logging(
         last = [json_line]
 
         def factory(*args: Any) -> Any:
-            return _named(_BytesLogger(out), args)
+            logger = _BytesLogger(out)
+            logger.held = held
+            return _named(logger, args)
 
         def text_line(logger: Any, method: str, event: structlog.typing.EventDict) -> str:
             return json_line(logger, method, event).decode()
@@ -178,16 +204,23 @@ def configure_logging(
 
     numeric = logging.getLevelName(level.upper())
     processors = [*shared, *last]
+    held = None
+    for previous in _SINK.values():
+        previous.held.close()
     _SINK.clear()
     if not use_console:
-        _SINK["json"] = JsonSink(processors, json_line, _BytesLogger(out).msg)
+        # Its own writer: a held line must not wait for the held lines it is part of.
+        direct = structlog.BytesLogger(out).msg
+        held = HeldLines(direct)
+        _SINK["json"] = JsonSink(processors, json_line, direct, held)
     structlog.configure(
         processors=processors,
         logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(_text(out))
+    handler = _Handler(_text(out))
+    handler.held = held
     handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
