@@ -70,16 +70,6 @@ class Receiver:
         """The log lines whose event is `name`."""
         return [line for line in self.log_lines() if line.get("event") == name]
 
-    async def logged(self, name: str, count: int, within: float = 10.0) -> list[dict[str, Any]]:
-        """The lines whose event is `name`, once there are `count` of them.
-
-        A delivery's line is written at the end of its event loop pass, after its answer.
-        """
-        async with asyncio.timeout(within):
-            while len(lines := self.events(name)) < count:
-                await asyncio.sleep(0.02)
-        return lines
-
     async def status(self) -> dict[str, Any]:
         """The `/readyz` body, with its HTTP status as `http`."""
         async with (

@@ -4,10 +4,8 @@ The receiver logs one line at `info` for each delivery. Through a bound logger t
 line pays for a copy of the logger's context, the merge of context variables and a
 call to each of six or seven processors. `info_lines` writes the same line (the same
 fields in the same order, the span's ids while tracing, the logger's name, the level
-and the timestamp) through the same masking renderer to the same stream, and builds no
-more than the line. It is held to the end of the event loop's pass, and written with
-the pass's other delivery lines in one call (`service.observability.held`). Every
-other line takes structlog's path, after the held ones.
+and the timestamp) through the same masking renderer to the same stream, at once, and
+builds no more than the line. Every other line takes structlog's path.
 """
 
 from __future__ import annotations
@@ -45,7 +43,7 @@ def info_lines(name: str) -> LineWriter:
             logger.info(event, **fields)
 
         return through_structlog
-    chain, render, hold = sink.chain, sink.render, sink.held.add
+    chain, render, write = sink.chain, sink.render, sink.write
     ids = None
     if tracing.enabled():
         from service.observability.spans import current_ids
@@ -63,6 +61,6 @@ def info_lines(name: str) -> LineWriter:
         fields["logger"] = name
         fields["level"] = "info"
         fields["timestamp"] = utc_now()
-        hold(render(None, "info", fields))
+        write(render(None, "info", fields))
 
     return line

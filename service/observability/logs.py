@@ -17,7 +17,6 @@ from typing import Any, BinaryIO, cast
 
 import structlog
 
-from service.observability.held import HeldLines
 from service.observability.redaction import MaskFields, RedactingJSON, forget_redactors, learnt
 from service.shared.timing import utc_now
 
@@ -43,17 +42,15 @@ def bound_logger(name: str) -> structlog.typing.FilteringBoundLogger:
 
 @dataclass(frozen=True, slots=True)
 class JsonSink:
-    """Where `configure_logging` sends JSON lines: its chain, its renderer and its writers.
+    """Where `configure_logging` sends JSON lines: its chain, its renderer and its writer.
 
     `write` writes a rendered line and its newline to the stream, under the lock
-    structlog's loggers of that stream hold; `held` holds lines to the end of the event
-    loop's pass (`service.observability.held`), and every other line writes them first.
+    structlog's loggers of that stream hold.
     """
 
     chain: list[structlog.typing.Processor]
     render: RedactingJSON
     write: Callable[[bytes], None]
-    held: HeldLines
 
 
 def json_sink() -> JsonSink | None:
@@ -86,28 +83,7 @@ class _NoPayloads(logging.Filter):
 
 
 class _BytesLogger(structlog.BytesLogger):
-    """A BytesLogger that can carry the name it was asked for, and writes held lines first."""
-
-    held: HeldLines | None = None
-
-    def msg(self, message: bytes) -> None:
-        if self.held is not None:
-            self.held.flush()
-        super().msg(message)
-
-    log = debug = info = warn = warning = msg
-    fatal = failure = err = error = critical = exception = msg
-
-
-class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The standard library's lines, after the held ones."""
-
-    held: HeldLines | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.held is not None:
-            self.held.flush()
-        super().emit(record)
+    """A BytesLogger that can carry the name it was asked for."""
 
 
 def _named(logger: Any, args: tuple[Any, ...]) -> Any:
@@ -193,9 +169,7 @@ def configure_logging(
         last = [json_line]
 
         def factory(*args: Any) -> Any:
-            logger = _BytesLogger(out)
-            logger.held = held
-            return _named(logger, args)
+            return _named(_BytesLogger(out), args)
 
         def text_line(logger: Any, method: str, event: structlog.typing.EventDict) -> str:
             return json_line(logger, method, event).decode()
@@ -204,23 +178,16 @@ def configure_logging(
 
     numeric = logging.getLevelName(level.upper())
     processors = [*shared, *last]
-    held = None
-    for previous in _SINK.values():
-        previous.held.close()
     _SINK.clear()
     if not use_console:
-        # Its own writer: a held line must not wait for the held lines it is part of.
-        direct = structlog.BytesLogger(out).msg
-        held = HeldLines(direct)
-        _SINK["json"] = JsonSink(processors, json_line, direct, held)
+        _SINK["json"] = JsonSink(processors, json_line, _BytesLogger(out).msg)
     structlog.configure(
         processors=processors,
         logger_factory=factory,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )
-    handler = _Handler(_text(out))
-    handler.held = held
+    handler = logging.StreamHandler(_text(out))
     handler.addFilter(_NoPayloads())
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

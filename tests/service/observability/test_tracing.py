@@ -173,7 +173,7 @@ async def test_a_spooled_delivery_keeps_its_context_through_the_drain(
         await cut_off(proxy, receiver)
         status, _ = await deliver(receiver, "talent_created")
         assert status == 200
-        assert (await receiver.logged("delivery", 1))[-1]["stored"] == "spool"
+        assert receiver.events("delivery")[-1]["stored"] == "spool"
         proxy.refuse(False)
 
         def drained_and_handled(spans: list[Span]) -> bool:
@@ -208,7 +208,7 @@ async def test_a_delivery_nothing_stored_has_its_error_on_its_span(
     assert server.status == ERROR
     assert server.attributes["http.response.status_code"] == 503
     assert server.attributes["relay.outcome"] == "unavailable"
-    [error] = await receiver.logged("delivery", 1)
+    [error] = receiver.events("delivery")
     assert server.attributes["error.type"] == error["error"]
     [raised] = [attrs["exception.type"] for name, attrs in server.events if name == "exception"]
     assert raised.rsplit(".", 1)[-1] == error["error"]
@@ -236,7 +236,7 @@ async def test_log_lines_carry_the_trace_and_span_ids(
     )
     [server] = [s for s in collector.spans if s.kind == SERVER]
     [handling] = [s for s in collector.spans if s.kind == CONSUMER]
-    [delivered] = await receiver.logged("delivery", 1)
+    [delivered] = receiver.events("delivery")
     assert (delivered["trace_id"], delivered["span_id"]) == (server.trace_id, server.span_id)
     [handled] = worker.events("message handled")
     assert (handled["trace_id"], handled["span_id"]) == (handling.trace_id, handling.span_id)
@@ -250,7 +250,7 @@ async def test_with_no_variable_set_nothing_is_loaded_and_no_header_added(
     assert (await deliver(receiver, "talent_created"))[0] == 200
     message = await bus.get(probe)
     assert not {"traceparent", "tracestate"} & set(message.headers or {})
-    assert "trace_id" not in (await receiver.logged("delivery", 1))[-1]
+    assert "trace_id" not in receiver.events("delivery")[-1]
     # A receiver built as `python -m service` builds it imports no OpenTelemetry module.
     script = (
         "import sys; from service.http.app import create_app;"
@@ -342,5 +342,5 @@ async def test_an_unsampled_delivery_makes_no_span_and_its_message_says_unsample
     assert len([s for s in collector.spans if s.kind == SERVER]) == len(kept)
     assert consumers <= kept  # the worker follows the receiver's decision
     # A dropped delivery's log line still names its trace, as its message does.
-    logged = {line["trace_id"] for line in await receiver.logged("delivery", sent)}
+    logged = {line["trace_id"] for line in receiver.events("delivery")}
     assert logged == set(flags)

@@ -76,7 +76,7 @@ async def test_without_a_spool_a_blocked_broker_gets_503_at_once_and_readyz_says
     assert await receiver.metric("relay_broker_blocked") == 0
     await asyncio.to_thread(node.memory_alarm, True)
     assert (await post(receiver))[0] == 503  # it waited PUBLISH_TIMEOUT; now the broker told
-    assert (await receiver.logged("delivery", 2))[-1]["error"] == "PublishTimeout"
+    assert receiver.events("delivery")[-1]["error"] == "PublishTimeout"
 
     async def blocked() -> bool:
         return bool((await receiver.status())["broker"] == "blocked")
@@ -92,7 +92,7 @@ async def test_without_a_spool_a_blocked_broker_gets_503_at_once_and_readyz_says
     assert line["level"] == "warning"
     assert (await post(receiver))[0] == 503
     # Failed as blocked, not after waiting PUBLISH_TIMEOUT for a confirm.
-    assert (await receiver.logged("delivery", 3))[-1]["error"] == "BrokerBlocked"
+    assert receiver.events("delivery")[-1]["error"] == "BrokerBlocked"
 
     await asyncio.to_thread(node.memory_alarm, False)
 
@@ -132,8 +132,7 @@ async def test_with_a_spool_a_blocked_broker_spools_at_once_and_drains_after(
     assert (status["http"], status["status"]) == (200, "ready")  # the spool takes deliveries
     answers = [first] + [await post(receiver) for _ in range(5)]
     assert [code for code, _ in answers] == [200] * 6
-    delivered = await receiver.logged("delivery", 7)
-    spooled = [line for line in delivered if line.get("stored") == "spool"]
+    spooled = [line for line in receiver.events("delivery") if line.get("stored") == "spool"]
     assert len(spooled) == 6
     causes = [line["spooled_because"] for line in spooled]
     assert causes == ["PublishTimeout"] + ["BrokerBlocked"] * 5
