@@ -73,8 +73,8 @@ class Activity:
         closed = asyncio.Event()
         channel.close_callbacks.add(lambda *_: closed.set())
         try:
+            await reports.declare(connection, self._names)
             await channel.set_qos(prefetch_count=1000)
-            await reports.declare(channel, self._names)
             queue = await channel.get_queue(reports.stats_stream(self._names), ensure=False)
             start: int | datetime = (
                 self._next_offset

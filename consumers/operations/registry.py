@@ -40,6 +40,7 @@ from aio_pika.abc import (
 from pamqp.common import FieldTable
 
 from consumers.consumer import Consumer
+from consumers.runtime import streams
 from consumers.topology import ConsumerQueues, declare_consumer_topology, unbind
 from service.shared.bus import BusNames
 
@@ -134,18 +135,6 @@ def _turn(connection: AbstractConnection) -> asyncio.Lock:
     return _TURNS.setdefault(connection, asyncio.Lock())
 
 
-async def _exists(connection: AbstractConnection, queue: str) -> bool:
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(queue, passive=True)
-    except aio_pika.exceptions.ChannelClosed:
-        return False
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return True
-
-
 async def _publish(channel: AbstractChannel, names: BusNames, records: Iterable[object]) -> None:
     for record in records:
         await channel.default_exchange.publish(
@@ -159,9 +148,9 @@ async def append(connection: AbstractConnection, names: BusNames, *records: obje
     """Append `records` to the log, each confirmed by the broker; create the log if need be."""
     async with _turn(connection):
         await _migrate(connection, names)
+        await streams.ready(connection, registry_stream(names), STREAM, create=True)
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
-            await channel.declare_queue(registry_stream(names), durable=True, arguments=STREAM)
             await _publish(channel, names, records)
         finally:
             await channel.close()
@@ -191,7 +180,9 @@ class Follower:
     async def start(self) -> bool:
         """Begin reading; False (and nothing created) when the prefix has no registry."""
         await _migrate(self._connection, self._names)
-        if not await _exists(self._connection, registry_stream(self._names)):
+        if not await streams.ready(
+            self._connection, registry_stream(self._names), STREAM, create=False
+        ):
             return False
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         self._channel = channel
@@ -279,11 +270,11 @@ async def known_consumers(connection: AbstractConnection, names: BusNames) -> li
 
 async def _migrate(connection: AbstractConnection, names: BusNames) -> None:
     """Move an earlier version's registry into the log, then delete it."""
-    if not await _exists(connection, legacy_queue(names)):
+    if not await streams.exists(connection, legacy_queue(names)):
         return
+    await streams.ready(connection, registry_stream(names), STREAM, create=True)
     channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
     try:
-        await channel.declare_queue(registry_stream(names), durable=True, arguments=STREAM)
         legacy = await channel.declare_queue(legacy_queue(names), passive=True)
         taken: list[AbstractIncomingMessage] = []
         while (message := await legacy.get(no_ack=False, fail=False)) is not None:
@@ -315,7 +306,7 @@ async def _migrate(connection: AbstractConnection, names: BusNames) -> None:
 
 async def _legacy_patterns(connection: AbstractConnection, record_queue: str) -> set[str]:
     patterns: set[str] = set()
-    if not await _exists(connection, record_queue):
+    if not await streams.exists(connection, record_queue):
         return patterns
     channel = await connection.channel()
     try:

@@ -28,6 +28,7 @@ import structlog
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from pamqp.common import FieldTable
 
+from consumers.runtime import streams
 from service.shared.bus import BusNames
 from service.shared.timing import iso_utc
 
@@ -53,9 +54,12 @@ def stats_stream(names: BusNames) -> str:
     return f"{names.prefix}.stats.log"
 
 
-async def declare(channel: AbstractChannel, names: BusNames) -> None:
-    """Create the stream if need be; the same arguments everywhere, or the broker refuses."""
-    await channel.declare_queue(stats_stream(names), durable=True, arguments=STREAM)
+async def declare(connection: AbstractConnection, names: BusNames) -> None:
+    """Create the stream if need be, and return once it takes records (`consumers.runtime.streams`).
+
+    The same arguments everywhere, or the broker refuses.
+    """
+    await streams.ready(connection, stats_stream(names), STREAM, create=True)
 
 
 @dataclass(frozen=True, slots=True)

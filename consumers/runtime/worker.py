@@ -228,7 +228,7 @@ class Worker:
                 self._copies.use(session, publisher)
                 # Created here, where the race of replicas starting together is retried,
                 # rather than by the reports once the worker has started.
-                await reports.declare(publisher, self._names)
+                await reports.declare(session.publishing, self._names)
                 running = []
                 for consumer in self._consumers:
                     running.append(await self._start(session.consuming, consumer, opened))

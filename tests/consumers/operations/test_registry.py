@@ -10,6 +10,7 @@ import pytest
 
 from consumers.operations import registry
 from consumers.topology import ConsumerQueues
+from service.shared.bus import BusNames
 from service.shared.topology import QUORUM
 from tests.support import AMQP_URL, BusView
 from tests.worker_processes import SpawnWorker, run_cli
@@ -30,6 +31,35 @@ async def test_readers_at_once_all_see_the_whole_registry(
     old = ConsumerQueues(bus.names.prefix, "crm-old")
     assert seen[0]["crm-old"].patterns == ("placement.#",)
     assert {old.main, old.dead, old.retry(1)} == set(seen[0]["crm-old"].queues)
+
+
+async def test_processes_appending_to_a_new_log_at_once_keep_their_connections(
+    bus: BusView,
+) -> None:
+    # As workers starting together on a new prefix: publishing to a stream another
+    # connection is still creating had RabbitMQ close the publisher's connection
+    # (INTERNAL_ERROR).
+    writers = [await aio_pika.connect(AMQP_URL) for _ in range(4)]
+    try:
+        for attempt in range(10):
+            names = BusNames(f"{bus.names.prefix}-{attempt}")
+            bus.forget_later(registry.registry_stream(names))
+            outcomes = await asyncio.gather(
+                *(
+                    registry.append(
+                        writer, names, {"consumer": f"c{n}", "queues": [], "patterns": []}
+                    )
+                    for n, writer in enumerate(writers)
+                ),
+                return_exceptions=True,
+            )
+            assert [o for o in outcomes if o is not None] == [], f"try {attempt + 1}"
+            closed = [n for n, writer in enumerate(writers) if writer.is_closed]
+            assert not closed, f"try {attempt + 1}: connections {closed} closed"
+            assert sorted(await registry.read(writers[0], names)) == ["c0", "c1", "c2", "c3"]
+    finally:
+        for writer in writers:
+            await writer.close()
 
 
 async def test_reading_an_unused_prefix_creates_nothing(bus: BusView) -> None:

@@ -1,0 +1,94 @@
+"""Streams that several processes create and use at once: the registry and the reports.
+
+A stream exists before its writer runs. A publish or a consumer reaching it then has
+RabbitMQ (3.10) close the whole connection with `INTERNAL_ERROR`: workers starting
+together on a new prefix met that about one start in seven. So a stream is created by
+one process at a time, which holds an exclusive queue meanwhile, and is used only once
+it exists and nobody holds that queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractConnection
+from pamqp.common import FieldTable
+
+# How long another process may take to create a stream before using it fails.
+CREATED_WITHIN = 10.0
+# A stream's writer runs a moment before the broker's record says where it is.
+SETTLE = 0.25
+
+
+class StreamNotCreated(Exception):
+    """Another process held a stream's creation longer than `CREATED_WITHIN`."""
+
+
+async def exists(connection: AbstractConnection, queue: str) -> bool:
+    """Whether `queue` exists (and is not another connection's exclusive queue)."""
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except aio_pika.exceptions.ChannelClosed:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+async def _held(connection: AbstractConnection, queue: str) -> bool:
+    """Whether another connection holds the exclusive `queue`."""
+    channel = await connection.channel()
+    try:
+        await channel.declare_queue(queue, passive=True)
+    except aiormq.exceptions.ChannelLockedResource:
+        return True
+    except aio_pika.exceptions.ChannelClosed:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return True
+
+
+async def ready(
+    connection: AbstractConnection, stream: str, arguments: FieldTable, *, create: bool
+) -> bool:
+    """Whether `stream` exists, once no process is still creating it; `create` it if need be."""
+    deadline = asyncio.get_running_loop().time() + CREATED_WITHIN
+    creating = f"{stream}.creating"
+    while True:
+        # The stream first: whoever creates it takes the queue before and releases it after.
+        found = await exists(connection, stream)
+        if not await _held(connection, creating):
+            if found or not create:
+                return found
+            if await _create(connection, stream, arguments, creating):
+                return True
+        if asyncio.get_running_loop().time() > deadline:
+            raise StreamNotCreated(f"{stream} was not created in {CREATED_WITHIN:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def _create(
+    connection: AbstractConnection, stream: str, arguments: FieldTable, creating: str
+) -> bool:
+    """Create `stream` holding `creating`; False when another process took it first."""
+    channel = await connection.channel()
+    try:
+        try:
+            await channel.declare_queue(creating, exclusive=True, auto_delete=True)
+        except aiormq.exceptions.ChannelLockedResource:
+            return False
+        try:
+            await channel.declare_queue(stream, durable=True, arguments=arguments)
+            await asyncio.sleep(SETTLE)
+        finally:
+            await channel.queue_delete(creating)
+        return True
+    finally:
+        if not channel.is_closed:
+            await channel.close()
