@@ -10,6 +10,7 @@ it exists and nobody holds that queue.
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import aio_pika
 import aiormq
@@ -28,30 +29,22 @@ class StreamNotCreated(Exception):
 
 async def exists(connection: AbstractConnection, queue: str) -> bool:
     """Whether `queue` exists (and is not another connection's exclusive queue)."""
-    channel = await connection.channel()
-    try:
-        await channel.declare_queue(queue, passive=True)
-    except aio_pika.exceptions.ChannelClosed:
-        return False
-    finally:
-        if not channel.is_closed:
-            await channel.close()
-    return True
+    return await _look(connection, queue) == "there"
 
 
-async def _held(connection: AbstractConnection, queue: str) -> bool:
-    """Whether another connection holds the exclusive `queue`."""
+async def _look(connection: AbstractConnection, queue: str) -> Literal["there", "absent", "held"]:
+    """`queue` as a passive declare finds it; "held" when another connection's exclusive."""
     channel = await connection.channel()
     try:
         await channel.declare_queue(queue, passive=True)
     except aiormq.exceptions.ChannelLockedResource:
-        return True
+        return "held"
     except aio_pika.exceptions.ChannelClosed:
-        return False
+        return "absent"
     finally:
         if not channel.is_closed:
             await channel.close()
-    return True
+    return "there"
 
 
 async def ready(
@@ -63,7 +56,7 @@ async def ready(
     while True:
         # The stream first: whoever creates it takes the queue before and releases it after.
         found = await exists(connection, stream)
-        if not await _held(connection, creating):
+        if await _look(connection, creating) == "absent":
             if found or not create:
                 return found
             if await _create(connection, stream, arguments, creating):
