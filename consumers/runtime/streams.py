@@ -80,7 +80,12 @@ async def _create(
             await channel.declare_queue(stream, durable=True, arguments=arguments)
             await asyncio.sleep(SETTLE)
         finally:
-            await channel.queue_delete(creating)
+            # Released even when the broker refused the stream and closed the channel:
+            # the connection lives on, and so would its exclusive queue.
+            releasing = channel if not channel.is_closed else await connection.channel()
+            await releasing.queue_delete(creating)
+            if releasing is not channel:
+                await releasing.close()
         return True
     finally:
         if not channel.is_closed:
