@@ -151,6 +151,22 @@ async def _forget_dedupe_rows(prefix: str) -> None:
         await connection.close()
 
 
+def _console_default_test(*options: str) -> tuple[int, str]:
+    """A pytest run selecting the console's test of its default port: exit code and output."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "pytest", *options, "-q", "-p", "no:cacheprovider"),
+            *("tests/consumers/console/test_console.py", "-k", "by_default"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
 # It holds 8090 itself: in the group of tests that need the port, never beside one.
 @pytest.mark.default_ports(8090)
 @pytest.mark.parametrize(
@@ -163,27 +179,8 @@ def test_a_taken_default_port_stops_the_run_at_once_naming_it(processes: list[st
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 8090))
         holder.listen()
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pytest",
-                *processes,
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "tests/consumers/console/test_console.py",
-                "-k",
-                "by_default",
-            ],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-    printed = done.stdout + done.stderr
-    assert done.returncode in (2, 4), printed  # 2: pytest-xdist's "interrupted"
+        code, printed = _console_default_test(*processes)
+    assert code in (2, 4), printed  # 2: pytest-xdist's "interrupted"
     assert "port 8090 is taken on this machine" in printed
     assert "INTERNALERROR" not in printed
     assert "no tests ran" in printed
@@ -192,28 +189,8 @@ def test_a_taken_default_port_stops_the_run_at_once_naming_it(processes: list[st
 # In the group of the tests of 8090: beside one, the run it starts would find 8090 taken.
 @pytest.mark.default_ports(8090)
 def test_several_processes_without_groups_stop_before_the_tests_of_the_defaults() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-n",
-            "2",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "tests/consumers/console/test_console.py",
-            "-k",
-            "by_default",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    printed = done.stdout + done.stderr
-    assert done.returncode == 2, printed
+    code, printed = _console_default_test("-n", "2")
+    assert code == 2, printed
     assert "add `--dist loadgroup` (as `make test` does)" in printed
     assert "no tests ran" in printed
 
