@@ -23,8 +23,11 @@ CREATED_WITHIN = 10.0
 SETTLE = 0.25
 
 
-class StreamNotCreated(Exception):
-    """Another process held a stream's creation longer than `CREATED_WITHIN`."""
+class StreamNotCreated(TimeoutError):
+    """Another process held a stream's creation longer than `CREATED_WITHIN`.
+
+    A timeout: a worker's start retries it, as any other wait on the broker.
+    """
 
 
 async def exists(connection: AbstractConnection, queue: str) -> bool:
