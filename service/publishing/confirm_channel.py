@@ -7,6 +7,11 @@ aiormq's reader looks for it (so confirms, nacks, returns and a closed channel r
 it as before), encoded directly (`service.publishing.frames`), and the publishes of one turn of
 the event loop are handed to aiormq's writer together, as one write.
 
+A publish's future is a plain one with a single done callback. aiormq's own futures
+carry four (its two stores' bookkeeping and a retrieval of their exception), and each
+runs as a turn of the event loop of its own when the broker answers; instead, the
+channel's closing fails every answer still awaited, as aiormq's stores would.
+
 This is the one module that reaches into aiormq's private interface: the channel's
 `delivery_tag`, `confirmations` and `message_id_delivery_tag`, its `write_queue`, and
 `ChannelFrame`. aiormq is pinned in constraints.txt, `check` runs when a channel is
@@ -16,9 +21,12 @@ wrapped, and `tests/test_confirm_channel.py` fails loudly if an upgrade changes 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiormq.abc import AbstractChannel, ChannelFrame
+from aiormq.channel import Returning
+from aiormq.exceptions import ChannelInvalidStateError
 
 from service.publishing.frames import publish_frames
 from service.shared.bus import Outgoing
@@ -53,26 +61,42 @@ class ConfirmChannel:
         self._buffer: list[bytes] = []
         self._flush_scheduled = False
         self._putting: asyncio.Task[None] | None = None
+        # An observer of aiormq's own: it ends when the channel or its connection closes.
+        channel.closing.add_done_callback(self._closed)
 
     @property
     def is_closed(self) -> bool:
         return bool(self._channel.is_closed)
 
-    def publish(self, message: Outgoing) -> asyncio.Future[Any]:
+    def publish(
+        self, message: Outgoing, then: Callable[[asyncio.Future[Any]], object] | None = None
+    ) -> asyncio.Future[Any]:
         """Send `message`; the future is the broker's answer, as aiormq's reader sets it.
 
         It ends with `Basic.Ack`, or with aiormq's `DeliveryError` (a nack),
-        `PublishError` (returned) or the channel's closing error.
+        `PublishError` (returned) or the channel's closing error. `then` is called with
+        it once it has ended (as its one done callback, so on a later turn of the loop).
         """
         channel = self._channel
+        if channel.is_closed:
+            raise ChannelInvalidStateError(f"{channel!r} closed")
         channel.delivery_tag += 1
         tag = channel.delivery_tag
         message_id = message.message_id
-        # aiormq's own futures: rejected with the channel when it closes.
-        confirmation: asyncio.Future[Any] = channel.create_future()
+        confirmation: asyncio.Future[Any] = self._loop.create_future()
         channel.confirmations[tag] = confirmation
-        channel.message_id_delivery_tag[message_id] = tag
-        confirmation.add_done_callback(lambda _: self._forget(message_id, tag))
+        ids = channel.message_id_delivery_tag
+        ids[message_id] = tag
+
+        def answered(answer: asyncio.Future[Any]) -> None:
+            if ids.get(message_id) == tag:
+                del ids[message_id]
+            if then is not None:
+                then(answer)
+            elif not answer.cancelled():
+                answer.exception()  # retrieved: asyncio logs a failure nobody read
+
+        confirmation.add_done_callback(answered)
         self._buffer.append(
             publish_frames(
                 channel.number,
@@ -91,12 +115,21 @@ class ConfirmChannel:
 
     def pending(self) -> list[asyncio.Future[Any]]:
         """The answers still awaited from the broker."""
-        return [f for f in self._channel.confirmations.values() if not f.done()]
+        # A returned publish leaves a `Returning` in its place until its ack; it never ends.
+        return [
+            f
+            for f in self._channel.confirmations.values()
+            if not f.done() and not isinstance(f, Returning)
+        ]
 
-    def _forget(self, message_id: str, tag: int) -> None:
-        ids = self._channel.message_id_delivery_tag
-        if ids.get(message_id) == tag:
-            del ids[message_id]
+    def _closed(self, closing: asyncio.Future[Any]) -> None:
+        """Fail every answer still awaited with the channel's closing error."""
+        reason = None if closing.cancelled() else closing.exception()
+        for answer in self.pending():
+            if closing.cancelled():
+                answer.cancel()
+            else:
+                answer.set_exception(reason or ChannelInvalidStateError("the channel closed"))
 
     def _flush(self) -> None:
         self._flush_scheduled = False

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import aio_pika
@@ -82,11 +82,43 @@ class _Flight:
     confirmation: asyncio.Future[Any]
     timer: asyncio.TimerHandle | None = None
     expired: bool = False
+    # Each caller waits on a future of its own: one that stops waiting (its client
+    # went) cancels only that one, never the publish the others share.
+    waiters: list[asyncio.Future[Any]] = field(default_factory=list)
+    settled: bool = False
 
     def expire(self) -> None:
         """PUBLISH_TIMEOUT passed without an answer: every waiter gets `PublishTimeout`."""
         self.expired = True
         self.confirmation.cancel()
+
+    def wait(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """A future that ends as the broker's answer does, once the flight is settled."""
+        waiter = loop.create_future()
+        if self.settled:
+            _answer(self.confirmation, waiter)
+        else:
+            self.waiters.append(waiter)
+        return waiter
+
+    def settle(self) -> None:
+        """The answer is in: hand it to every waiter still waiting."""
+        if self.settled:
+            return
+        self.settled = True
+        for waiter in self.waiters:
+            if not waiter.done():
+                _answer(self.confirmation, waiter)
+        self.waiters.clear()
+
+
+def _answer(answer: asyncio.Future[Any], waiter: asyncio.Future[Any]) -> None:
+    if answer.cancelled():
+        waiter.cancel()
+    elif (failure := answer.exception()) is not None:
+        waiter.set_exception(failure)
+    else:
+        waiter.set_result(answer.result())
 
 
 class AmqpPublisher:
@@ -170,13 +202,13 @@ class AmqpPublisher:
         # Looked up only now: a nack may have moved publishing to a new channel meanwhile.
         fast = self._usable()
         try:
-            confirmation = fast.publish(message)
+            # Its one done callback lands the flight, which is made right after.
+            confirmation = fast.publish(message, lambda _: self._landed(message_id, flight))
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
             raise BrokerUnavailable from None
         flight = _Flight(message, confirmation)
         flight.timer = loop.call_at(deadline, flight.expire)
         self._flights[message_id] = flight
-        confirmation.add_done_callback(lambda _: self._landed(message_id, flight))
         await self._outcome(flight)
 
     def _usable(self) -> ConfirmChannel:
@@ -194,6 +226,7 @@ class AmqpPublisher:
             flight.timer.cancel()
         if self._flights.get(message_id) is flight:
             del self._flights[message_id]
+        flight.settle()
         answer = flight.confirmation
         if answer.cancelled():
             return
@@ -205,12 +238,10 @@ class AmqpPublisher:
         if nacked or (failure is None and isinstance(answer.result(), spec.Basic.Nack)):
             self._renew.set()
 
-    @staticmethod
-    async def _outcome(flight: _Flight) -> None:
+    async def _outcome(self, flight: _Flight) -> None:
         """Wait for the broker's answer to `flight`; raise `PublishFailed` unless it is an ack."""
         try:
-            # Shielded: one waiter that stops waiting must not cancel the others' publish.
-            confirm = await asyncio.shield(flight.confirmation)
+            confirm = await flight.wait(self._loop or asyncio.get_running_loop())
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -25,6 +25,7 @@ from service.shared.envelope import parse
 from tests.conftest import ReceiverFactory
 from tests.receivers import SpawnReceiver
 from tests.support import AMQP_URL, API_KEYS, BusView
+from tests.tools.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.rabbit
 HEADERS = {"X-api-key": API_KEYS[0]}
@@ -149,5 +150,43 @@ async def test_an_answered_flight_of_the_same_id_not_yet_landed_is_not_waited_on
         publisher._flights[event.message_id] = _Flight(event, answered)
         await publisher.publish(quarantined)
         assert (await bus.get(invalid)).body == body
+    finally:
+        await publisher.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_copy_whose_caller_stops_waiting_leaves_the_others_their_answer(
+    bus: BusView, proxy: TcpProxy
+) -> None:
+    """A client that hangs up cancels its own wait, never the publish its copies share."""
+    await bus.declare()
+    probe = await bus.probe("#")
+    publisher = AmqpPublisher(proxy.url_for(AMQP_URL), bus.names, timeout=20.0)
+    await publisher.start()
+    try:
+        async with asyncio.timeout(10):
+            while not publisher.ready:
+                await asyncio.sleep(0.05)
+        body = json.dumps({"EventName": "talent_created", "CorrelationId": "gone-1"}).encode()
+        copies = [
+            event_message(
+                bus.names, parse(body), body, Receipt(f"d-{n}", AuthMethod.API_KEY, datetime.now(UTC))
+            )
+            for n in range(3)
+        ]
+        proxy.stall()  # no confirm can come while the first caller goes
+        waiting = [asyncio.create_task(publisher.publish(copy)) for copy in copies]
+        await asyncio.sleep(0.3)
+        assert not any(task.done() for task in waiting)
+        waiting[0].cancel()
+        await asyncio.sleep(0.1)
+        proxy.resume()
+        results = await asyncio.gather(*waiting, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert results[1:] == [None, None]  # both confirmed: stored
+        got = await bus.get(probe)
+        assert (got.message_id, got.body) == ("gone-1", body)
+        await asyncio.sleep(0.5)
+        assert await bus.drain(probe) == []  # one publish for the three
     finally:
         await publisher.close()

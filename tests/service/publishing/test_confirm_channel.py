@@ -10,10 +10,12 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import aio_pika
 import aiormq
 import pytest
+from aiormq.channel import Returning
 
 from service.publishing.confirm_channel import ConfirmChannel, Incompatible
 from service.shared.bus import AuthMethod, Outgoing, Receipt, event_message
@@ -101,3 +103,26 @@ async def test_publishes_in_flight_fail_when_the_channel_goes(
     assert len(done) == 10  # none left waiting for ever
     assert all(future.exception() is not None for future in done)
     await asyncio.gather(connection.close(), return_exceptions=True)
+
+
+async def test_a_publish_on_a_closed_channel_is_refused_at_once(bus: BusView) -> None:
+    await bus.declare()
+    connection, fast = await confirm_channel()
+    async with connection:
+        await fast.publish(outgoing(bus, 1))
+        await connection.close()
+        with pytest.raises(aiormq.exceptions.ChannelInvalidStateError):
+            fast.publish(outgoing(bus, 2))
+        assert fast.pending() == []
+
+
+async def test_a_returned_publish_is_not_awaited_as_pending(bus: BusView) -> None:
+    """aiormq puts a placeholder that never ends where a returned publish was, until its ack."""
+    await bus.declare()
+    connection, fast = await confirm_channel()
+    async with connection:
+        waiting = fast.publish(outgoing(bus, 1))
+        channel: Any = fast._channel
+        channel.confirmations[channel.delivery_tag + 1] = Returning()
+        assert fast.pending() == [waiting]
+        await waiting
