@@ -61,13 +61,16 @@ class Context:
     metrics: ReceiverMetrics
     log: LineWriter
     traced: bool = False
+    # Tracing continues an authenticated sender's context: the span starts mid-request.
+    span_starts_late: bool = False
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
 
 
 CONTEXT = web.AppKey("context", Context)
 # A delivery's outcome, for its span (`service.http.spans`) while tracing is on.
 OUTCOME = web.RequestKey("outcome", str)
-# Starts the delivery's span (once), told whether the delivery authenticated; tracing only.
+# Starts the delivery's span (once), told whether the delivery authenticated; only while
+# tracing continues a sender's context (`Context.span_starts_late`).
 SPAN_START: web.RequestKey[Callable[[bool], None]] = web.RequestKey("span_start")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # The webhook's handler (traced, when tracing is on), for the front door; traced, it
@@ -104,7 +107,8 @@ async def receive(ctx: Context, request: web.Request) -> web.Response:
         ms = round((time.perf_counter() - started) * 1000, 2)
         ctx.metrics.delivery(outcome, line.get("routing_key"), line.get("tenant_id"))
         if ctx.traced:
-            request[SPAN_START](False)
+            if ctx.span_starts_late:
+                request[SPAN_START](False)
             request[OUTCOME] = outcome
         status = response.status
         ctx.log("delivery", {"outcome": outcome, "status": status, "duration_ms": ms, **line})
@@ -148,7 +152,7 @@ async def receive(ctx: Context, request: web.Request) -> web.Response:
             )
         return done(_json(401, {"status": "unauthorized"}), "unauthorized")
 
-    if ctx.traced:
+    if ctx.span_starts_late:
         request[SPAN_START](True)
     receipt = Receipt(line["delivery_id"], method, datetime.now(UTC))
     line["auth"] = str(method)
@@ -290,13 +294,14 @@ def create_app(
         receiver_metrics,
         info_lines("service.delivery"),
         traced=tracer is not None,
+        span_starts_late=tracer is not None and settings.trace_sender_context == "authenticated",
     )
     app.cleanup_ctx.append(_store_lifetime)
     webhook: Handler = partial(receive, app[CONTEXT])
     if tracer is not None:
         from service.http import spans
 
-        continues = settings.trace_sender_context == "authenticated"
+        continues = app[CONTEXT].span_starts_late
         webhook = spans.traced(webhook, tracer, WEBHOOK_PATH, continue_sender=continues)
     app.router.add_post(WEBHOOK_PATH, routable(webhook))
     app[WEBHOOK] = webhook

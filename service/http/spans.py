@@ -44,7 +44,6 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         # frame of ours for every resumption to pass through. The ids need no reset:
         # aiohttp runs each request in a task of its own, in a copy of the context.
         verdict = decide(name)
-        request[SPAN_START] = _started
         if isinstance(verdict, Dropped):
             sampling.dropped.set(verdict)
             return handler(request)

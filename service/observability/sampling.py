@@ -95,17 +95,20 @@ def decider(tracer: Any) -> Callable[[str], Kept | Dropped | None]:
     kept_flags = flags | SAMPLED
 
     def by_bound(name: str) -> Kept | Dropped:
-        # As `RandomIdGenerator`: 128 random bits, never the invalid id 0.
-        trace_id = random.getrandbits(128)
+        # As `RandomIdGenerator`: 128 random bits, never the invalid id 0; drawn in one
+        # call with the 64 of a dropped delivery's span id (the same bits as two calls).
+        drawn = random.getrandbits(192)
+        trace_id = drawn & _TRACE_BITS
         while not trace_id:
             trace_id = random.getrandbits(128)
         if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound:
             return Kept(trace_id, kept_flags, _NO_STATE, _NO_ATTRIBUTES, True)
-        return Dropped(trace_id, random.getrandbits(64) or 1, flags)
+        return Dropped(trace_id, drawn >> 128 or 1, flags)
 
     return by_bound
 
 
+_TRACE_BITS = (1 << 128) - 1
 _NO_STATE = TraceState()
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
