@@ -170,7 +170,10 @@ async def test_a_copy_whose_caller_stops_waiting_leaves_the_others_their_answer(
         body = json.dumps({"EventName": "talent_created", "CorrelationId": "gone-1"}).encode()
         copies = [
             event_message(
-                bus.names, parse(body), body, Receipt(f"d-{n}", AuthMethod.API_KEY, datetime.now(UTC))
+                bus.names,
+                parse(body),
+                body,
+                Receipt(f"d-{n}", AuthMethod.API_KEY, datetime.now(UTC)),
             )
             for n in range(3)
         ]
