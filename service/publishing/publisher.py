@@ -222,11 +222,11 @@ class AmqpPublisher:
         return fast
 
     def _landed(self, message_id: str, flight: _Flight) -> None:
+        flight.settle()  # first: nothing below may keep the waiters from their answer
         if flight.timer is not None:
             flight.timer.cancel()
         if self._flights.get(message_id) is flight:
             del self._flights[message_id]
-        flight.settle()
         answer = flight.confirmation
         if answer.cancelled():
             return
