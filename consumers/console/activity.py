@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from consumers.runtime import reports
+from consumers.runtime import reports, streams
 from consumers.runtime.reports import Report
 from service.shared.bus import BusNames
 
@@ -81,7 +81,7 @@ class Activity:
                 if self._next_offset is not None
                 else datetime.now(UTC) - timedelta(seconds=LOOKBACK)
             )
-            await queue.consume(self._read, arguments={"x-stream-offset": start})
+            await streams.consume(queue, self._read, start)
             self.following = True
             await closed.wait()
         finally:

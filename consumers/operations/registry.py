@@ -188,7 +188,7 @@ class Follower:
         self._channel = channel
         await channel.set_qos(prefetch_count=PREFETCH)
         queue = await channel.get_queue(registry_stream(self._names), ensure=False)
-        await queue.consume(self._read, arguments={"x-stream-offset": "first"})
+        await streams.consume(queue, self._read, "first")
         return True
 
     async def sync(self) -> None:

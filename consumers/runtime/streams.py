@@ -5,16 +5,23 @@ RabbitMQ (3.10) close the whole connection with `INTERNAL_ERROR`: workers starti
 together on a new prefix met that about one start in seven. So a stream is created by
 one process at a time, which holds an exclusive queue meanwhile, and is used only once
 it exists and nobody holds that queue.
+
+A stream is read on the node the connection reached, from that node's replica; while
+the replica is down or restarting after a node failure, or where there is none, the
+broker refuses the consumer (`consume` raises `NoLocalReplica`, which a worker's start
+retries).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Literal
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Literal
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue, ConsumerTag
 from pamqp.common import FieldTable
 
 # How long another process may take to create a stream before using it fails.
@@ -28,6 +35,33 @@ class StreamNotCreated(TimeoutError):
 
     A timeout: a worker's start retries it, as any other wait on the broker.
     """
+
+
+# RabbitMQ's words when a stream has no running replica on the connection's node.
+_NO_LOCAL_REPLICA = "does not have a replica on the local node"
+
+
+class NoLocalReplica(ConnectionError):
+    """The connection's node has no running replica of the stream to read from.
+
+    RabbitMQ refuses the consumer with `PRECONDITION_FAILED` while the node's replica
+    restarts after a node failure. Not a setting to fix: a connection error, which a
+    worker's start retries as it does a lost connection.
+    """
+
+
+async def consume(
+    queue: AbstractQueue,
+    callback: Callable[[AbstractIncomingMessage], Awaitable[Any]],
+    offset: int | str | datetime,
+) -> ConsumerTag:
+    """Read stream `queue` from `offset` (`x-stream-offset`); `NoLocalReplica` if it cannot."""
+    try:
+        return await queue.consume(callback, arguments={"x-stream-offset": offset})
+    except aiormq.exceptions.ChannelPreconditionFailed as refused:
+        if _NO_LOCAL_REPLICA not in str(refused):
+            raise
+        raise NoLocalReplica(f"{queue.name}: {_NO_LOCAL_REPLICA} (yet)") from refused
 
 
 async def exists(connection: AbstractConnection, queue: str) -> bool:

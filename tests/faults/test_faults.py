@@ -40,7 +40,7 @@ from tests.support import AMQP_URL, BusView
 from tests.tools.nodes import Cluster, Node
 from tests.tools.small_fs import SmallFilesystem, in_small_filesystem
 from tests.tools.tcp_proxy import TcpProxy, proxy_to
-from tests.worker_processes import start_worker
+from tests.worker_processes import start_consumers, start_worker
 from tests.workers.failures import fail_once
 
 pytestmark = [pytest.mark.faults, pytest.mark.rabbit, pytest.mark.timeout(240)]
@@ -445,4 +445,57 @@ async def test_retries_come_back_when_the_main_queues_leader_dies(
         await worker.stop()
     finally:
         await harness.close()
+        await asyncio.to_thread(cluster.shutdown)
+
+
+async def test_a_worker_waits_for_a_registry_replica_on_its_node(tmp_path: Path) -> None:
+    """A node without a running replica of the registry refuses its reader: wait, not exit.
+
+    After a node failure a stream's replica on that node restarts for a while; here
+    the registry has no replica on the worker's node at all until one is added.
+    """
+    cluster = Cluster(2)
+    names = BusNames(f"replica-{os.getpid()}")
+    stream = f"{names.prefix}.registry.log"
+    try:
+        await cluster.start()
+        holder, reader = cluster.nodes
+        async with await aio_pika.connect(holder.url) as connection:
+            channel = await connection.channel()
+            await channel.declare_queue(
+                stream,
+                durable=True,
+                arguments={"x-queue-type": "stream", "x-initial-cluster-size": 1},
+            )
+        members = json.loads(
+            holder.must("list_queues", "name", "members", "--formatter", "json", "-q")
+        )
+        assert [q["members"] for q in members if q["name"] == stream] == [[holder.name]]
+        env = {
+            "AMQP_URL": reader.url,
+            "BUS_PREFIX": names.prefix,
+            "RECORD_FILE": str(tmp_path / "record.jsonl"),
+            "METRICS_PORT": "0",
+            "LOG_FORMAT": "json",
+        }
+        worker = await start_consumers(
+            ["run", "tests.workers.recorder"],
+            tmp_path / "worker.log",
+            env,
+            "worker start failed; retrying",
+            "worker",
+        )
+        await asyncio.sleep(3)
+        assert worker.process.returncode is None  # still there, and still waiting
+        refused = worker.events("worker start failed; retrying")
+        assert refused[0]["error_type"] == "NoLocalReplica"
+        assert "does not have a replica on the local node" in refused[0]["error"]
+        assert not worker.events("worker started")
+        await asyncio.to_thread(holder.streams, "add_replica", stream, reader.name)
+        async with asyncio.timeout(60):
+            while not worker.events("worker started"):
+                assert worker.process.returncode is None, worker.text()
+                await asyncio.sleep(0.2)
+        assert await worker.stop() == 0
+    finally:
         await asyncio.to_thread(cluster.shutdown)

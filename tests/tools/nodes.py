@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shlex
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,23 @@ class Node:
         done = self.ctl(*args, timeout=timeout)
         if done.returncode != 0:
             raise NodeUnavailable(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def streams(self, *args: str, timeout: float = 60) -> str:
+        """`rabbitmq-streams -n <this node> ...`, raising with its output unless it succeeds."""
+        command = [_tool("rabbitmq-streams"), "-n", self.name, *args]
+        home = None
+        if os.geteuid() == 0 and _user_exists("rabbitmq"):
+            # As the package's own wrappers do: the `rabbitmq` user's Erlang cookie is
+            # the one the nodes share.
+            home = pwd.getpwnam("rabbitmq").pw_dir
+            command = ["su", "rabbitmq", "-s", "/bin/sh", "-c", shlex.join(command)]
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=timeout, check=False, cwd=home
+        )
+        if done.returncode != 0:
+            said = done.stderr or done.stdout
+            raise NodeUnavailable(f"rabbitmq-streams {' '.join(args)}: {said}")
         return done.stdout
 
     async def start(self) -> None:
@@ -129,6 +147,17 @@ class Cluster:
     def shutdown(self) -> None:
         for node in self.nodes:
             node.shutdown()
+
+
+def _tool(name: str) -> str:
+    """A RabbitMQ command-line tool; Debian's package leaves some beside `rabbitmqctl`'s script."""
+    found = shutil.which(name)
+    if found is not None:
+        return found
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise NodeUnavailable("rabbitmqctl is not installed")
+    return str(Path(os.path.realpath(ctl)).parent / name)
 
 
 def _listening(port: int) -> bool:
