@@ -13,9 +13,11 @@ runs as a turn of the event loop of its own when the broker answers; instead, th
 channel's closing fails every answer still awaited, as aiormq's stores would.
 
 This is the one module that reaches into aiormq's private interface: the channel's
-`delivery_tag`, `confirmations` and `message_id_delivery_tag`, its `write_queue`, and
-`ChannelFrame`. aiormq is pinned in constraints.txt, `check` runs when a channel is
-wrapped, and `tests/test_confirm_channel.py` fails loudly if an upgrade changes any of it.
+`delivery_tag`, `confirmations` and `message_id_delivery_tag`, its `write_queue`,
+`ChannelFrame`, and the `Returning` placeholder a returned publish leaves. aiormq is
+pinned in constraints.txt, `check` runs when a channel is wrapped, and
+`tests/service/publishing/test_confirm_channel.py` fails loudly if an upgrade changes
+any of it.
 """
 
 from __future__ import annotations
