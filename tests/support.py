@@ -9,6 +9,8 @@ import hmac
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,29 @@ async def open_bus(
     connection = await aio_pika.connect(url)
     channel = await connection.channel()
     return connection, BusView(channel, BusNames(prefix))
+
+
+@asynccontextmanager
+async def connections(count: int) -> AsyncIterator[Sequence[aio_pika.abc.AbstractConnection]]:
+    """`count` connections to the test broker, as separate processes would hold them."""
+    opened = [await aio_pika.connect(AMQP_URL) for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for connection in opened:
+            await connection.close()
+
+
+async def all_at_once(
+    opened: Sequence[aio_pika.abc.AbstractConnection],
+    calls: Iterable[Awaitable[Any]],
+    attempt: int,
+) -> None:
+    """Run `calls` together: none may fail, and none of `opened` may be closed after."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert [o for o in outcomes if o is not None] == [], f"try {attempt + 1}"
+    closed = [n for n, connection in enumerate(opened) if connection.is_closed]
+    assert not closed, f"try {attempt + 1}: connections {closed} closed"
 
 
 async def status_line(host: str, port: int, request: bytes) -> bytes:

@@ -12,7 +12,7 @@ from consumers.operations import registry
 from consumers.topology import ConsumerQueues
 from service.shared.bus import BusNames
 from service.shared.topology import QUORUM
-from tests.support import AMQP_URL, BusView
+from tests.support import AMQP_URL, BusView, all_at_once, connections
 from tests.worker_processes import SpawnWorker, run_cli
 from tests.workers import crm_old, talent_v1
 
@@ -39,27 +39,20 @@ async def test_processes_appending_to_a_new_log_at_once_keep_their_connections(
     # As workers starting together on a new prefix: publishing to a stream another
     # connection is still creating had RabbitMQ close the publisher's connection
     # (INTERNAL_ERROR).
-    writers = [await aio_pika.connect(AMQP_URL) for _ in range(4)]
-    try:
+    async with connections(4) as writers:
         for attempt in range(10):
             names = BusNames(f"{bus.names.prefix}-{attempt}")
             bus.forget_later(registry.registry_stream(names))
-            outcomes = await asyncio.gather(
-                *(
-                    registry.append(
-                        writer, names, {"consumer": f"c{n}", "queues": [], "patterns": []}
-                    )
+            record: dict[str, list[str]] = {"queues": [], "patterns": []}
+            await all_at_once(
+                writers,
+                (
+                    registry.append(writer, names, {"consumer": f"c{n}", **record})
                     for n, writer in enumerate(writers)
                 ),
-                return_exceptions=True,
+                attempt,
             )
-            assert [o for o in outcomes if o is not None] == [], f"try {attempt + 1}"
-            closed = [n for n, writer in enumerate(writers) if writer.is_closed]
-            assert not closed, f"try {attempt + 1}: connections {closed} closed"
             assert sorted(await registry.read(writers[0], names)) == ["c0", "c1", "c2", "c3"]
-    finally:
-        for writer in writers:
-            await writer.close()
 
 
 async def test_reading_an_unused_prefix_creates_nothing(bus: BusView) -> None:

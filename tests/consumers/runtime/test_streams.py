@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import aio_pika
@@ -10,7 +9,7 @@ import pytest
 
 from consumers.runtime import streams
 from consumers.runtime.reports import STREAM
-from tests.support import AMQP_URL, BusView
+from tests.support import AMQP_URL, BusView, all_at_once, connections
 
 pytestmark = pytest.mark.rabbit
 
@@ -37,20 +36,11 @@ async def test_processes_creating_a_stream_at_once_each_publish_and_consume_at_o
 ) -> None:
     # Publishing to a stream another connection was still creating closed the publisher's
     # connection (INTERNAL_ERROR) in 13 tries of 40 here; so did a consumer, less often.
-    connections = [await aio_pika.connect(AMQP_URL) for _ in range(4)]
-    try:
+    async with connections(4) as opened:
         for attempt in range(10):
             stream = f"{bus.names.prefix}.race-{uuid.uuid4().hex[:6]}.log"
             bus.forget_later(stream)
-            outcomes = await asyncio.gather(
-                *(_ready_and_used(connection, stream) for connection in connections),
-                return_exceptions=True,
-            )
-            assert [o for o in outcomes if o is not None] == [], f"try {attempt + 1}"
-            assert not [c for c in connections if c.is_closed], f"try {attempt + 1}"
-    finally:
-        for connection in connections:
-            await connection.close()
+            await all_at_once(opened, (_ready_and_used(c, stream) for c in opened), attempt)
 
 
 async def test_a_stream_nobody_creates_is_reported_missing_and_not_made(bus: BusView) -> None:
