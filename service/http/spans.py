@@ -143,7 +143,7 @@ def _start(
         hand=hand,
         scope=tracing.SCOPE,
         kind=SpanKind.SERVER,
-        attributes={**kept.attributes, **attributes},
+        attributes={**kept.attributes, **attributes} if kept.attributes else attributes,
         start_time=arrived,
     )
 

@@ -82,6 +82,9 @@ class RecordedSpan(Span):
     def set_attributes(self, attributes: Mapping[str, types.AnyValue]) -> None:
         if self._end is None:
             mine = self._attributes
+            if mine.keys().isdisjoint(attributes):
+                mine.update(attributes)
+                return
             for key, value in attributes.items():
                 mine.pop(key, None)
                 mine[key] = value
@@ -154,7 +157,7 @@ class RecordedSpan(Span):
             self._end,
             self._attributes,
             tuple(self._events),
-            links_of(self._links),
+            links_of(self._links) if self._links else (),
             self._status.status_code.value,
             self._status.description,
             self._scope,

@@ -77,7 +77,9 @@ async def store(
         span.set_attribute("error.type", type(error).__name__)
         raise
     if span.is_recording():
-        span.set_attributes({**_messaging(message), "relay.stored": where})
+        stored = _messaging(message)
+        stored["relay.stored"] = where
+        span.set_attributes(stored)
     return where, cause
 
 
