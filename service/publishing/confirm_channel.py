@@ -60,7 +60,7 @@ class ConfirmChannel:
         check(channel)
         self._channel: Any = channel  # its private attributes have no types
         self._loop = asyncio.get_running_loop()
-        self._buffer: list[bytes] = []
+        self._buffer: list[bytes | bytearray] = []
         self._flush_scheduled = False
         self._putting: asyncio.Task[None] | None = None
         # An observer of aiormq's own: it ends when the channel or its connection closes.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -78,8 +79,9 @@ class Publisher(Protocol):
 class _Flight:
     """One publish on its way to the broker, which identical deliveries may join."""
 
-    message: Outgoing
+    message: Outgoing | None  # let go once it has landed
     confirmation: asyncio.Future[Any]
+    deadline: float
     timer: asyncio.TimerHandle | None = None
     expired: bool = False
     # Each caller waits on a future of its own: one that stops waiting (its client
@@ -146,6 +148,11 @@ class AmqpPublisher:
         # Publishes awaiting the broker, by message id: one at a time per id (aiormq
         # matches a return to its publish by id), and identical deliveries share one.
         self._flights: dict[str, _Flight] = {}
+        # The same flights in the order of their deadlines, which one timer watches (see
+        # `_expire`): a timer per publish cost more than the rest of its bookkeeping.
+        self._expiring: deque[_Flight] = deque()
+        self._expiry: asyncio.TimerHandle | None = None
+        self._latest = 0.0  # the latest deadline in `_expiring` so far
         self._supervisor: asyncio.Task[None] | None = None
         self._on_crash = on_crash
         # Kept from `start`: on Python 3.11 every asyncio.get_running_loop() is a getpid call.
@@ -181,7 +188,7 @@ class AmqpPublisher:
         self._usable()
         message_id = message.message_id
         while (earlier := self._flights.get(message_id)) is not None:
-            if earlier.message.same_as(message):
+            if earlier.message is not None and earlier.message.same_as(message):
                 # The same delivery is on its way already (Avionté retries at once):
                 # it is stored exactly when that one is, as one message.
                 await self._outcome(earlier)
@@ -206,10 +213,37 @@ class AmqpPublisher:
             confirmation = fast.publish(message, lambda _: self._landed(message_id, flight))
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError):
             raise BrokerUnavailable from None
-        flight = _Flight(message, confirmation)
-        flight.timer = loop.call_at(deadline, flight.expire)
+        flight = _Flight(message, confirmation, deadline)
+        if deadline < self._latest:
+            # It waited behind an earlier flight of its id, so its deadline comes before
+            # the newest flights': a timer of its own.
+            flight.timer = loop.call_at(deadline, flight.expire)
+        else:
+            self._latest = deadline
+            self._expiring.append(flight)
+            if self._expiry is None:
+                self._expiry = loop.call_at(deadline, self._expire, deadline)
         self._flights[message_id] = flight
         await self._outcome(flight)
+
+    def _expire(self, due: float) -> None:
+        """Expire the flights due by `due` that have no answer; watch the next one.
+
+        Flights join `_expiring` in the order of their deadlines (each is its arrival
+        plus PUBLISH_TIMEOUT). Landed ones leave from the front as they land (`_landed`),
+        or here when one behind an unanswered flight landed first.
+        """
+        self._expiry = None
+        expiring = self._expiring
+        while expiring:
+            first = expiring[0]
+            if not first.settled:
+                if first.deadline > due:
+                    loop = self._loop or asyncio.get_running_loop()
+                    self._expiry = loop.call_at(first.deadline, self._expire, first.deadline)
+                    return
+                first.expire()
+            expiring.popleft()
 
     def _usable(self) -> ConfirmChannel:
         """The channel to publish on now, or the reason there is none."""
@@ -223,8 +257,12 @@ class AmqpPublisher:
 
     def _landed(self, message_id: str, flight: _Flight) -> None:
         flight.settle()  # first: nothing below may keep the waiters from their answer
+        flight.message = None
         if flight.timer is not None:
             flight.timer.cancel()
+        expiring = self._expiring
+        while expiring and expiring[0].settled:
+            expiring.popleft()
         if self._flights.get(message_id) is flight:
             del self._flights[message_id]
         answer = flight.confirmation

@@ -141,3 +141,16 @@ def test_the_deployed_sampler_is_not_called_at_all(monkeypatch: pytest.MonkeyPat
     kept = sum(isinstance(v, sampling.Kept) for v in verdicts)
     assert 120 < kept < 280  # one in two, give or take
     provider.shutdown()
+
+
+@given(
+    trace_id=st.integers(1, 2**128 - 1),
+    span_id=st.integers(1, 2**64 - 1),
+    flags=st.integers(0, 255),
+)
+def test_traceparent_is_the_w3c_text_of_the_ids(trace_id: int, span_id: int, flags: int) -> None:
+    header = sampling.traceparent(trace_id, span_id, flags)
+    version, trace, span, flag = header.split("-")
+    assert (version, len(trace), len(span), len(flag)) == ("00", 32, 16, 2)
+    assert (int(trace, 16), int(span, 16), int(flag, 16)) == (trace_id, span_id, flags)
+    assert header == header.lower()

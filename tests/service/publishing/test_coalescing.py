@@ -147,7 +147,8 @@ async def test_an_answered_flight_of_the_same_id_not_yet_landed_is_not_waited_on
         quarantined = invalid_message(bus.names, body, "content_encoding", receipt)
         answered: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         answered.set_result(spec.Basic.Ack())
-        publisher._flights[event.message_id] = _Flight(event, answered)
+        deadline = asyncio.get_running_loop().time() + 3.0
+        publisher._flights[event.message_id] = _Flight(event, answered, deadline)
         await publisher.publish(quarantined)
         assert (await bus.get(invalid)).body == body
     finally:
