@@ -152,7 +152,10 @@ class AmqpPublisher:
         # `_expire`): a timer per publish cost more than the rest of its bookkeeping.
         self._expiring: deque[_Flight] = deque()
         self._expiry: asyncio.TimerHandle | None = None
-        self._latest = 0.0  # the latest deadline in `_expiring` so far
+        # The latest deadline ever queued there. Not the queue's last one: the queue may
+        # empty while the timer stays set for a deadline that has left it, and a flight
+        # due before that one needs a timer of its own.
+        self._latest = 0.0
         self._supervisor: asyncio.Task[None] | None = None
         self._on_crash = on_crash
         # Kept from `start`: on Python 3.11 every asyncio.get_running_loop() is a getpid call.
