@@ -39,6 +39,20 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "10"))
 
 
 WARMUP = 2.0
+# A point of the alternated rounds (ours against the naive receiver, tracing): shorter,
+# so that more rounds fit. Round to round, this machine's speed moves by more than the
+# differences these rounds measure.
+ROUND_SECONDS = 6.0
+
+
+def in_turn(names: list[str], number: int) -> list[str]:
+    """The contenders of round `number`, every other round in reverse order.
+
+    So none is always measured right after the same other one.
+    """
+    return names if number % 2 == 0 else names[::-1]
+
+
 E2E_RATE, E2E_SECONDS = 100, 10.0
 
 
@@ -110,14 +124,23 @@ async def serving(
 
 
 async def measure(
-    receiver: asyncio.subprocess.Process, url: str, connections: int, same: bool = False
+    receiver: asyncio.subprocess.Process,
+    url: str,
+    connections: int,
+    same: bool = False,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
-    """One load point after a warm-up, with the receiver's CPU time per request."""
+    """One load point after a warm-up, with the receiver's CPU time per request.
+
+    It lasts `seconds`, or SECONDS when not given.
+    """
     await settle()
     await asyncio.to_thread(load_point, url, connections, WARMUP, same)
     before = cpu_seconds(receiver.pid)
     helpers = children_cpu_seconds(receiver.pid)
-    point = await asyncio.to_thread(load_point, url, connections, SECONDS, same)
+    point = await asyncio.to_thread(
+        load_point, url, connections, SECONDS if seconds is None else seconds, same
+    )
     point["connections"] = connections
     point["per_second"] = point["requests"] / point["seconds"]
     point["cpu_us"] = (cpu_seconds(receiver.pid) - before) / max(point["requests"], 1) * 1e6

@@ -1,9 +1,10 @@
 """Ours against the naive receiver: alternated rounds at 64 connections, in one run.
 
 Each round measures the naive receiver (on asyncio's loop, as written, and on uvloop,
-as ours runs), ours at LOG_LEVEL=warning and ours at the default info, one after
-another; then ours with every request the same delivery. The best of each counts,
-since this machine's speed drifts between rounds, and every round's ratios are kept.
+as ours runs), ours at LOG_LEVEL=warning, ours at the default info, and ours with
+every request the same delivery, one after another, every other round in reverse
+order. The best of each counts, since this machine's speed drifts between rounds, and
+every round's ratios are kept.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.bench.receiver import measure, serving
+from tests.bench import receiver
+from tests.bench.receiver import in_turn, measure, serving
 from tests.support import open_bus
 
-ROUNDS = 3
+ROUNDS = 5
 CONNECTIONS = 64
 
 
@@ -38,20 +40,22 @@ async def versus(prefix: str, workdir: Path, rounds_run: int = ROUNDS) -> dict[s
     try:
         for number in range(rounds_run):
             results = {}
-            for name, (process, base) in contenders.items():
-                results[name] = await measure(process, f"{base}/webhooks/avionte", CONNECTIONS)
+            for name in in_turn([*contenders, "same"], number):
+                # `same` is ours at warning, every request repeating one delivery.
+                process, base = contenders["warning" if name == "same" else name]
+                results[name] = await measure(
+                    process,
+                    f"{base}/webhooks/avionte",
+                    CONNECTIONS,
+                    same=name == "same",
+                    seconds=receiver.ROUND_SECONDS,
+                )
                 await purge_all(prefix)
                 print(
                     f"  round {number + 1} {name:<8} {results[name]['per_second']:8.0f}/s"
                     f"  p99 {results[name]['p99_ms']:.1f} ms",
                     flush=True,
                 )
-            process, base = contenders["warning"]
-            results["same"] = await measure(process, f"{base}/webhooks/avionte", CONNECTIONS, True)
-            await purge_all(prefix)
-            print(
-                f"  round {number + 1} same     {results['same']['per_second']:8.0f}/s", flush=True
-            )
             rounds.append(results)
     finally:
         for process, _ in contenders.values():
