@@ -36,9 +36,11 @@ from service.shared.errors import SettingsError
 
 log = structlog.get_logger("service.tracing")
 
-# Spans gather this long, or up to BATCH, before they go down the pipe together.
-GATHER_SECONDS = 0.05
-BATCH = 256
+# Spans gather this long, or until BATCH of them (at most half the queue) wait, before
+# they go down the pipe together. Each hand-over takes the interpreter lock from the
+# event loop a few times, which stalls it for a moment each: a few a second, not twenty.
+GATHER_SECONDS = 0.25
+BATCH = 1024
 RESTART_PAUSE = 1.0
 STOP_SECONDS = 15.0
 LENGTH = struct.Struct(">I")
@@ -179,7 +181,10 @@ class SpanHandoff(SpanProcessor):
         self._limit = queue_size(environ)
         self._pending: list[tuple[Any, ...]] = []
         self._lock = threading.Lock()
+        self._batch = max(1, min(BATCH, self._limit // 2))
+        # Set by the first span waiting, and by the batch's last.
         self._wake = threading.Event()
+        self._full = threading.Event()
         self._closing = False
         self.dropped = 0
         self._child = self._spawn()
@@ -203,8 +208,10 @@ class SpanHandoff(SpanProcessor):
                 return
             self._pending.append(record)
             waiting = len(self._pending)
-        if waiting == 1 or waiting == BATCH:
+        if waiting == 1:
             self._wake.set()
+        elif waiting == self._batch:
+            self._full.set()
 
     def shutdown(self) -> None:
         """Hand over what is waiting, then let the exporter process export it and exit."""
@@ -212,6 +219,7 @@ class SpanHandoff(SpanProcessor):
             return
         self._closing = True
         self._wake.set()
+        self._full.set()
         self._thread.join(STOP_SECONDS)
         child = self._child
         if child.stdin is not None:
@@ -226,6 +234,7 @@ class SpanHandoff(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Wake the handoff; the exporter process exports on its own schedule."""
         self._wake.set()
+        self._full.set()
         return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
@@ -244,8 +253,9 @@ class SpanHandoff(SpanProcessor):
         while True:
             self._wake.wait()
             if not self._closing:
-                time.sleep(GATHER_SECONDS)
+                self._full.wait(GATHER_SECONDS)
             self._wake.clear()
+            self._full.clear()
             self._hand_over()
             if self._closing:
                 return

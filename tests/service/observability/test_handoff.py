@@ -166,6 +166,8 @@ async def test_spans_reach_the_collector_and_shutdown_exports_the_last(
     assert os.getpriority(os.PRIO_PROCESS, processor._child.pid) == os.getpriority(
         os.PRIO_PROCESS, 0
     ) + min(NICENESS, 19 - os.getpriority(os.PRIO_PROCESS, 0))
+    # And on Linux it runs only on CPU time nothing else wants.
+    assert os.sched_getscheduler(processor._child.pid) == os.SCHED_IDLE
     end_spans(tracer, "last", 30)
     child = processor._child
     await asyncio.to_thread(processor.shutdown)
@@ -200,6 +202,27 @@ async def test_a_killed_exporter_process_is_replaced_and_signals_do_not_stop_one
         await collector.until(lambda spans: len(names(collector, "replaced")) == 5)
     finally:
         await asyncio.to_thread(processor.shutdown)
+
+
+async def test_a_full_batch_goes_at_once_without_waiting_out_the_gathering(
+    collector: Collector, environ: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handoff, "GATHER_SECONDS", 60.0)
+    monkeypatch.setattr(handoff, "BATCH", 10)
+    processor = SpanHandoff(RESOURCE, environ, LOGGING)
+    tracer = traced(processor)
+    try:
+        end_spans(tracer, "few", 9)
+        end_spans(tracer, "tenth", 1)
+        await collector.until(lambda spans: len(names(collector, "few")) == 9, within=10)
+        assert names(collector, "tenth") == {"tenth-0"}
+        # Fewer than a batch wait for the gathering to end, here for good.
+        end_spans(tracer, "alone", 3)
+        await asyncio.sleep(1.0)
+        assert not names(collector, "alone")
+    finally:
+        await asyncio.to_thread(processor.shutdown)
+    assert names(collector, "alone") == {f"alone-{n}" for n in range(3)}
 
 
 async def test_spans_past_the_queue_limit_are_dropped_and_counted(
