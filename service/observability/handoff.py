@@ -210,7 +210,7 @@ class SpanHandoff(SpanProcessor):
             waiting = len(self._pending)
         if waiting == 1:
             self._wake.set()
-        elif waiting == self._batch:
+        if waiting == self._batch:
             self._full.set()
 
     def shutdown(self) -> None:
