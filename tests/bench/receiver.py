@@ -45,14 +45,6 @@ WARMUP = 2.0
 ROUND_SECONDS = 6.0
 
 
-def in_turn(names: list[str], number: int) -> list[str]:
-    """The contenders of round `number`, every other round in reverse order.
-
-    So none is always measured right after the same other one.
-    """
-    return names if number % 2 == 0 else names[::-1]
-
-
 E2E_RATE, E2E_SECONDS = 100, 10.0
 
 

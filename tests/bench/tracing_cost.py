@@ -19,7 +19,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from tests.bench import receiver
 from tests.bench.processes import children_quiet
-from tests.bench.receiver import in_turn, measure, purge, serving
+from tests.bench.receiver import measure, purge, serving
+from tests.bench.rounds import in_turn
 from tests.collector import Collector
 
 ROUNDS = 5

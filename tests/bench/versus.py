@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import receiver
-from tests.bench.receiver import in_turn, measure, serving
+from tests.bench.receiver import measure, serving
+from tests.bench.rounds import in_turn
 from tests.support import open_bus
 
 ROUNDS = 5
