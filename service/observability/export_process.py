@@ -9,6 +9,7 @@ traced process closes the pipe, after exporting what it holds.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import signal
@@ -214,22 +215,17 @@ def read_frame(stream: BinaryIO) -> Any:
     return marshal.loads(body)  # noqa: S302
 
 
-def idle() -> bool:
+def idle() -> None:
     """Run this process, and the threads it starts later, only on otherwise idle CPU time.
 
     On two shared cores its encoding took time from the broker and the load the traced
-    process waits on. Returns whether the system allowed it: Linux lets any process
-    lower its own policy to `SCHED_IDLE`; elsewhere, or where a sandbox refuses it, the
-    niceness stays.
+    process waits on. Linux lets any process lower its own policy to `SCHED_IDLE`;
+    elsewhere, or where a sandbox refuses it, the niceness stays.
     """
     policy = getattr(os, "SCHED_IDLE", None)
-    if policy is None:
-        return False
-    try:
-        os.sched_setscheduler(0, policy, os.sched_param(0))
-    except OSError:
-        return False
-    return True
+    if policy is not None:
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, policy, os.sched_param(0))
 
 
 def main(stream: BinaryIO) -> int:
