@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -120,10 +121,10 @@ async def _tail(settings: WorkerSettings, patterns: tuple[str, ...], *, as_json:
         relay = asyncio.create_task(_set_when(stop, ended))
         async with connection:
             connection.close_callbacks.add(lambda *_, ended=ended: ended.set())
-            print(said, file=sys.stderr)
             tail = Tail(connection, BusNames(settings.bus_prefix), show, patterns=patterns)
             try:
-                await tail.run(ended)
+                # Said once its queues are bound: what is published after it shows.
+                await tail.run(ended, ready=partial(print, said, file=sys.stderr, flush=True))
             except (aio_pika.exceptions.AMQPError, RuntimeError, OSError, TimeoutError):
                 pass  # the connection went while the tail set up or closed
             finally:

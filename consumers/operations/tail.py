@@ -79,8 +79,14 @@ class Tail:
     def _wanted(self, routing_key: str) -> bool:
         return any(matches(pattern, routing_key) for pattern in self._patterns)
 
-    async def run(self, stop: asyncio.Event) -> list[str]:
-        """Watch until `stop`; return the names of the queues it used (gone once closed)."""
+    async def run(
+        self, stop: asyncio.Event, ready: Callable[[], object] | None = None
+    ) -> list[str]:
+        """Watch until `stop`; return the names of the queues it used (gone once closed).
+
+        `ready` is called once both queues are bound and consumed from: every event
+        published after that is seen.
+        """
         channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
         await declare_receiver_topology(channel, self._names)
         arguments: FieldTable = {"x-max-length": MAX_WAITING, "x-overflow": "drop-head"}
@@ -96,6 +102,8 @@ class Tail:
 
         await unrouted.consume(on_unrouted, no_ack=True)
         await routed.consume(arrived.put)
+        if ready is not None:
+            ready()
         watching = asyncio.create_task(self._watch(channel, routed, arrived, stop))
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({watching, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from consumers.operations.tail import Seen, Tail
+from service.shared import brokers
 from tests.receivers import base_env
 from tests.support import AMQP_URL, BusView
 from tests.tools.tcp_proxy import TcpProxy
@@ -32,8 +34,8 @@ class TailProcess:
     async def ready(self) -> None:
         assert self.process.stderr is not None
         started = await asyncio.wait_for(self.process.stderr.readline(), 15)
+        # Said once its queues are bound: what is published from now on shows.
         assert started.startswith(b"tailing "), started
-        await asyncio.sleep(0.3)  # its queues are bound just after it says so
 
     async def said_until(self, start: bytes, within: float = 20) -> list[bytes]:
         """Lines on stderr up to and including the first that starts with `start`."""
@@ -97,7 +99,6 @@ async def test_a_tail_whose_connection_is_lost_says_so_and_goes_on(
     said = await watching.said_until(b"tailing ")
     assert b"tail: lost the broker connection; connecting again\n" in said
     assert said[-1].startswith(b"tailing " + bus.names.prefix.encode() + b" again;")
-    await asyncio.sleep(0.3)  # its new queues are bound just after it says so
     after = await bus.publish_event("talent_created", CorrelationId="after-cut")
     assert f"id={after}" in await watching.line()
     assert watching.process.returncode is None  # still running until Ctrl-C
@@ -175,3 +176,22 @@ async def test_two_tails_and_a_listing_at_once_copy_nothing_into_unrouted(
     for watching in tails:
         assert await watching.stop() == 0
     assert await unrouted_ids(bus) == []  # and none was copied into .unrouted
+
+
+async def test_a_tail_is_ready_only_once_its_queues_are_bound(bus: BusView) -> None:
+    await bus.declare()
+    seen: list[Seen] = []
+    stop, ready = asyncio.Event(), asyncio.Event()
+    connection = await brokers.connect(AMQP_URL)
+    async with connection:
+        tail = Tail(connection, bus.names, seen.append)
+        running = asyncio.create_task(tail.run(stop, ready=ready.set))
+        await asyncio.wait_for(ready.wait(), 15)
+        published = await bus.publish_event("company_updated")  # no pause after `ready`
+        async with asyncio.timeout(10):
+            while not seen:
+                await asyncio.sleep(0.02)
+        stop.set()
+        await asyncio.wait_for(running, 15)
+    assert [str(s.message.message_id) for s in seen] == [published]
+    assert seen[0].unrouted
