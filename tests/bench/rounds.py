@@ -7,6 +7,7 @@ whatever that one leaves behind (a broker still compacting, a warm cache).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -15,3 +16,14 @@ T = TypeVar("T")
 def in_turn(contenders: list[T], number: int) -> list[T]:
     """The contenders of round `number`, every other round in reverse order."""
     return contenders if number % 2 == 0 else contenders[::-1]
+
+
+async def alternated(
+    contenders: Mapping[str, Callable[[], Awaitable[T]]], rounds: int
+) -> dict[str, list[T]]:
+    """Each contender's results over `rounds` rounds, measured in turn (`in_turn`)."""
+    results: dict[str, list[T]] = {name: [] for name in contenders}
+    for number in range(rounds):
+        for name in in_turn(list(contenders), number):
+            results[name].append(await contenders[name]())
+    return results

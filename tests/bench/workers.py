@@ -19,7 +19,7 @@ from consumers.topology import ConsumerQueues, declare_consumer_topology
 from service.shared.bus import AuthMethod, BusNames, Outgoing, Receipt, event_message
 from service.shared.envelope import parse
 from tests.bench.processes import peak_rss_mib, run_json, settle, start, wait_for
-from tests.bench.rounds import in_turn
+from tests.bench.rounds import alternated
 from tests.bench.subjects.noop import noop
 from tests.bench.subjects.noop_dedupe import noop_dedupe
 from tests.bench.timed import timed
@@ -151,13 +151,12 @@ async def workers(
     worker first. The worker runs at LOG_LEVEL=warning, then once more at info, which
     writes a line per message.
     """
-    worker_runs, raw_runs = [], []
-    for number in range(rounds):
-        for which in in_turn(["raw", "worker"], number):
-            if which == "raw":
-                raw_runs.append(await raw_loop(prefix))
-            else:
-                worker_runs.append(await noop_worker(prefix, workdir, "warning"))
+    contenders = {
+        "raw": lambda: raw_loop(prefix),
+        "worker": lambda: noop_worker(prefix, workdir, "warning"),
+    }
+    runs = await alternated(contenders, rounds)
+    worker_runs, raw_runs = runs["worker"], runs["raw"]
     logged = await noop_worker(prefix, workdir, "info")
     best_worker = max(worker_runs, key=lambda run: run["per_second"])
     best_raw = max(raw_runs, key=lambda run: run["per_second"])
@@ -182,27 +181,22 @@ async def dedupe_cost(prefix: str, workdir: Path, rounds: int = DEDUPE_ROUNDS) -
     Alternated rounds (every other one with dedupe first), best of DEDUPE_ROUNDS each,
     on a PostgreSQL database of its own.
     """
-    plain_runs, dedupe_runs = [], []
     # Each on a prefix of its own: both consumers bind `#`, and each must see only its own.
     async with own_database_async() as url:
-        for number in range(rounds):
-            for which in in_turn(["plain", "dedupe"], number):
-                if which == "plain":
-                    plain_runs.append(
-                        await noop_worker(f"{prefix}-plain", workdir, "warning", distinct=True)
-                    )
-                    continue
-                dedupe_runs.append(
-                    await noop_worker(
-                        f"{prefix}-dedupe",
-                        workdir,
-                        "warning",
-                        module="tests.bench.subjects.noop_dedupe",
-                        consumer=noop_dedupe,
-                        distinct=True,
-                        DEDUPE_DATABASE_URL=url,
-                    )
-                )
+        contenders = {
+            "plain": lambda: noop_worker(f"{prefix}-plain", workdir, "warning", distinct=True),
+            "dedupe": lambda: noop_worker(
+                f"{prefix}-dedupe",
+                workdir,
+                "warning",
+                module="tests.bench.subjects.noop_dedupe",
+                consumer=noop_dedupe,
+                distinct=True,
+                DEDUPE_DATABASE_URL=url,
+            ),
+        }
+        runs = await alternated(contenders, rounds)
+    plain_runs, dedupe_runs = runs["plain"], runs["dedupe"]
     plain = max(plain_runs, key=lambda run: run["per_second"])
     dedupe = max(dedupe_runs, key=lambda run: run["per_second"])
     return {
