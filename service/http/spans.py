@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from service.http.app import OUTCOME, SPAN_START, Handler
 from service.observability import sampling, tracing
 from service.observability.recorded import RecordedSpan
-from service.observability.sampling import Dropped, Kept
+from service.observability.sampling import Kept
 
 
 def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) -> Handler:
@@ -29,7 +29,8 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
 
     Without `continue_sender` every delivery starts a trace of our own, so its sampling
     is decided before anything else: a dropped one is `handler`'s own coroutine, run
-    with its ids alone (`sampling.dropped`), no span, no closure and no frame of ours.
+    with its `traceparent` alone (`sampling.dropped`), no span, no closure and no frame
+    of ours.
     The result is then not a coroutine function: route it through `routable`.
 
     With `continue_sender`, the span starts once the handler knows whether the delivery
@@ -41,10 +42,11 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
 
     def own(request: web.Request) -> Awaitable[web.StreamResponse]:
         # Not a coroutine: a dropped delivery is the handler's own coroutine, with no
-        # frame of ours for every resumption to pass through. The ids need no reset:
-        # aiohttp runs each request in a task of its own, in a copy of the context.
+        # frame of ours for every resumption to pass through. A dropped delivery's
+        # verdict, its `traceparent`, needs no reset: aiohttp runs each request in a
+        # task of its own, in a copy of the context.
         verdict = decide(name)
-        if isinstance(verdict, Dropped):
+        if isinstance(verdict, str):
             sampling.dropped.set(verdict)
             return handler(request)
         if sampling.dropped.get() is not None:  # a caller that reuses one context
@@ -58,7 +60,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
         settled = False
         token: object = None
         recording: Token[Any] | None = None
-        dropping: Token[Dropped | None] | None = None
+        dropping: Token[str | None] | None = None
 
         def start(authenticated: bool) -> None:
             nonlocal span, settled, token, recording, dropping
@@ -66,7 +68,7 @@ def traced(handler: Handler, tracer: Any, route: str, *, continue_sender: bool) 
                 return
             settled = True
             verdict = None if authenticated else decide(name)
-            if isinstance(verdict, Dropped):
+            if isinstance(verdict, str):
                 dropping = sampling.dropped.set(verdict)
                 return
             parent = propagate.extract(request.headers) if authenticated else Context()

@@ -2,9 +2,9 @@
 
 At the deployed sampling (`parentbased_traceidratio`, 0.1) nine deliveries in ten are
 not sampled. For those the receiver makes no span, copies no context and builds no
-attribute: it picks the trace id, asks the sampler, and on a "drop" keeps only the ids
-(`dropped`), which the message's `traceparent` (sampled flag off, so that consumers
-drop it too) and the log line carry. A kept delivery's span gets that same trace id
+attribute: it picks the trace id, asks the sampler, and on a "drop" keeps only the
+message's `traceparent` (`dropped`; sampled flag off, so that consumers drop it too),
+whose ids the log line also carries. A kept delivery's span gets that same trace id
 (`ChosenIds`), so the sampler's answer is the SDK's.
 
 Only the receiver's own root spans take this path; a sender's trusted `traceparent`
@@ -45,18 +45,9 @@ def traceparent(trace_id: int, span_id: int, flags: int) -> str:
     return f"00-{ids[:32]}-{ids[32:]}{_FLAGS[flags]}"
 
 
-class Dropped(NamedTuple):
-    """The ids of a delivery the sampler dropped."""
-
-    trace_id: int
-    span_id: int
-    flags: int
-
-    def traceparent(self) -> str:
-        return traceparent(self.trace_id, self.span_id, self.flags)
-
-    def ids(self) -> tuple[str, str]:
-        return f"{self.trace_id:032x}", f"{self.span_id:016x}"
+def ids(header: str) -> tuple[str, str]:
+    """The trace and span id, in hex, of a `traceparent` this module wrote."""
+    return header[3:35], header[36:52]
 
 
 class Kept(NamedTuple):
@@ -69,7 +60,9 @@ class Kept(NamedTuple):
     sampled: bool
 
 
-dropped: ContextVar[Dropped | None] = ContextVar("relay_dropped_trace", default=None)
+# A delivery the sampler dropped is only the `traceparent` its message carries: no
+# object of its own to build, and nothing to format when it is stored.
+dropped: ContextVar[str | None] = ContextVar("relay_dropped_trace", default=None)
 # The delivery's recorded span (`recorded`), current without an OpenTelemetry context:
 # making and leaving one costs a sampled delivery several calls into the API.
 recording: ContextVar[Any] = ContextVar("relay_recording_span", default=None)
@@ -83,7 +76,7 @@ class ChosenIds(RandomIdGenerator):
         return _chosen.get() or super().generate_trace_id()
 
 
-def decider(tracer: Any) -> Callable[[str], Kept | Dropped | None]:
+def decider(tracer: Any) -> Callable[[str], Kept | str | None]:
     """`decide` for `tracer`, answered without asking its sampler where that is the SDK's own.
 
     The SDK's `parentbased_traceidratio`, `traceidratio`, `parentbased_always_on`,
@@ -98,22 +91,37 @@ def decider(tracer: Any) -> Callable[[str], Kept | Dropped | None]:
         return lambda name: decide(tracer, name)
     flags = RANDOM if generator.is_trace_id_random() else 0
     kept_flags = flags | SAMPLED
+    suffix = _FLAGS[flags]
+    draw, low = random.getrandbits, TraceIdRatioBased.TRACE_ID_LIMIT
 
-    def by_bound(name: str) -> Kept | Dropped:
-        # As `RandomIdGenerator`: 128 random bits, never the invalid id 0; drawn in one
-        # call with the 64 of a dropped delivery's span id (the same bits as two calls).
-        drawn = random.getrandbits(192)
-        trace_id = drawn & _TRACE_BITS
-        while not trace_id:
-            trace_id = random.getrandbits(128)
-        if trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound:
-            return Kept(trace_id, kept_flags, _NO_STATE, _NO_ATTRIBUTES, True)
-        return Dropped(trace_id, drawn >> 128 or 1, flags)
+    def by_bound(name: str) -> Kept | str:
+        # As `RandomIdGenerator`: 128 random bits for the trace id, then 64 for a dropped
+        # delivery's span id (the same bits as two calls), neither of them the invalid 0.
+        drawn = draw(192)
+        if not (drawn & _TRACE_BITS and drawn >> 128):
+            drawn = _valid(drawn)
+        if drawn & low < bound:
+            return Kept(drawn & _TRACE_BITS, kept_flags, _NO_STATE, _NO_ATTRIBUTES, True)
+        # Hex of both ids at once: the span id's 16 digits, then the trace id's 32.
+        both = drawn.to_bytes(24, "big").hex()
+        return f"00-{both[16:]}-{both[:16]}{suffix}"
 
     return by_bound
 
 
 _TRACE_BITS = (1 << 128) - 1
+
+
+def _valid(drawn: int) -> int:
+    """`drawn` with a zero trace or span id drawn again, as the SDK's generator would."""
+    trace_id, span_id = drawn & _TRACE_BITS, drawn >> 128
+    while not trace_id:
+        trace_id = random.getrandbits(128)
+    while not span_id:
+        span_id = random.getrandbits(64)
+    return span_id << 128 | trace_id
+
+
 _NO_STATE = TraceState()
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
@@ -133,11 +141,11 @@ def _root_bound(sampler: Any) -> int | None:
     return None
 
 
-def decide(tracer: Any, name: str) -> Kept | Dropped | None:
+def decide(tracer: Any, name: str) -> Kept | str | None:
     """For a new root SERVER span `name`: choose its trace id and ask the sampler.
 
     Returns what the span gets when the sampler keeps it (start an SDK span inside
-    `chosen`, or a recorded one), the ids to carry when it drops it, or None when this
+    `chosen`, or a recorded one), the `traceparent` to carry when it drops it, or None when this
     tracer is not the SDK's own (the SDK then decides as usual).
     """
     sampler = getattr(tracer, "sampler", None)
@@ -157,7 +165,10 @@ def decide(tracer: Any, name: str) -> Kept | Dropped | None:
             result.attributes or {},
             sampled,
         )
-    return Dropped(trace_id, random.getrandbits(64) or 1, flags)
+    span_id = random.getrandbits(64)
+    while not span_id:
+        span_id = random.getrandbits(64)
+    return traceparent(trace_id, span_id, flags)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.observability import tracing
-from service.observability.sampling import dropped, recording, traceparent
+from service.observability.sampling import dropped, ids, recording, traceparent
 from service.shared.bus import Outgoing
 from service.shared.errors import PublishFailed
 
@@ -106,7 +106,7 @@ def carried_unsampled(message: Outgoing) -> bool:
     headers = message.properties.headers
     if headers is None:
         headers = message.properties.headers = {}
-    headers["traceparent"] = unsampled.traceparent()
+    headers["traceparent"] = unsampled
     return True
 
 
@@ -137,7 +137,7 @@ def current_ids() -> tuple[str, str] | None:
     """The current span's trace and span id in hex, for log lines; None outside one."""
     unsampled = dropped.get()
     if unsampled is not None:
-        return unsampled.ids()
+        return ids(unsampled)
     span = recording.get()
     context = (span or trace.get_current_span()).get_span_context()
     if not context.is_valid:

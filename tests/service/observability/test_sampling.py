@@ -59,9 +59,13 @@ def test_a_ratio_decides_as_the_sdk_for_every_trace_id(
     random.seed(seed)
     verdicts = [decide(NAME) for _ in range(200)]
     for verdict in verdicts:
-        assert isinstance(verdict, sampling.Kept | sampling.Dropped)
-        assert verdict.trace_id != 0
-        assert isinstance(verdict, sampling.Kept) == the_sdk_answer(tracer, verdict.trace_id)
+        assert isinstance(verdict, sampling.Kept | str)
+        if isinstance(verdict, sampling.Kept):
+            trace_id, kept = verdict.trace_id, True
+        else:
+            trace_id, kept = int(sampling.ids(verdict)[0], 16), False
+        assert trace_id != 0
+        assert kept == the_sdk_answer(tracer, trace_id)
     provider.shutdown()
 
 
@@ -77,7 +81,7 @@ def test_always_and_never_decide_without_asking(sampler: Sampler, sampled: bool)
     provider.shutdown()
 
 
-@pytest.mark.parametrize(("rate", "kind"), [(1.0, sampling.Kept), (0.0, sampling.Dropped)])
+@pytest.mark.parametrize(("rate", "kind"), [(1.0, sampling.Kept), (0.0, str)])
 def test_a_delivery_gets_what_asking_the_sampler_gives(
     seeded: None, rate: float, kind: type
 ) -> None:
@@ -89,8 +93,9 @@ def test_a_delivery_gets_what_asking_the_sampler_gives(
     asked = sampling.decide(tracer, NAME)
     assert isinstance(fast, kind)
     assert fast == asked
-    if isinstance(fast, sampling.Dropped):
-        assert fast.traceparent().endswith("-02")  # a random trace id, not sampled
+    if isinstance(fast, str):
+        assert fast.endswith("-02")  # a random trace id, not sampled
+        assert sampling.ids(fast) == tuple(fast.split("-")[1:3])
     provider.shutdown()
 
 
@@ -154,3 +159,18 @@ def test_traceparent_is_the_w3c_text_of_the_ids(trace_id: int, span_id: int, fla
     assert (version, len(trace), len(span), len(flag)) == ("00", 32, 16, 2)
     assert (int(trace, 16), int(span, 16), int(flag, 16)) == (trace_id, span_id, flags)
     assert header == header.lower()
+
+
+@pytest.mark.parametrize(("drawn", "redrawn"), [(1 << 128, 5), (7, 9), (0, 5)])
+def test_a_dropped_delivery_never_gets_a_zero_id(
+    seeded: None, monkeypatch: pytest.MonkeyPatch, drawn: int, redrawn: int
+) -> None:
+    provider = provider_with(TraceIdRatioBased(0.0))
+    draws = iter([drawn, redrawn, redrawn])
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(draws))
+    header = sampling.decider(provider.get_tracer("sampling-test"))(NAME)
+    assert isinstance(header, str)
+    _, trace, span, _ = header.split("-")
+    assert int(trace, 16) != 0
+    assert int(span, 16) != 0
+    provider.shutdown()
