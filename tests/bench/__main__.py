@@ -190,7 +190,7 @@ async def quick() -> None:
         print("against the naive receiver ...", flush=True)
         against = await versus(prefix, workdir, rounds_run=1)
         print("tracing off, at 10 % and at 100 % ...", flush=True)
-        traced = await tracing_cost(prefix, workdir, rounds=1)
+        traced = await tracing_cost(prefix, workdir, rounds=1, control=False)
         print("workers ...", flush=True)
         worker, _ = await workers(prefix, workdir, rounds=1)
         print("workers with dedupe ...", flush=True)

@@ -86,6 +86,14 @@ def table(result: dict[str, Any]) -> str:
                 )
             )
         rows.append(("tracing at 10 % / off", f"{traced['tenth_vs_off']:.2f}", ""))
+        if "again_vs_off" in traced:
+            rows.append(
+                (
+                    "tracing off again / off",
+                    f"{traced['again_vs_off']:.2f}",
+                    "the same code twice: how far apart this run measures it",
+                )
+            )
         rows.append(
             (
                 "tracing on / off",

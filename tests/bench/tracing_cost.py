@@ -3,7 +3,9 @@
 On means spans exported over OTLP/HTTP; the deployed sampling is
 `parentbased_traceidratio` at 0.1, as in the Kubernetes tracing component. Alternated
 rounds at 64 connections and LOG_LEVEL=warning, the same load as the naive comparison,
-every other round in reverse order.
+every other round in reverse order. With `control`, a second receiver with tracing off
+runs in the rounds too: how far two of the same code measure apart in this run is the
+noise its ratios sit in.
 Spans go to a sink in this process that decodes each export only to count its spans
 and answers 200, so that spans the SDK's default queue dropped show. After each point
 the receiver's exporter process is left to finish what it holds, so that its work is
@@ -38,7 +40,9 @@ class Sink(Collector):
         self.count += sum(len(s.spans) for r in exported.resource_spans for s in r.scope_spans)
 
 
-async def tracing_cost(prefix: str, workdir: Path, rounds: int = ROUNDS) -> dict[str, Any]:
+async def tracing_cost(
+    prefix: str, workdir: Path, rounds: int = ROUNDS, control: bool = True
+) -> dict[str, Any]:
     sink = Sink()
     await sink.start()
     traced_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink.url, "OTEL_SERVICE_NAME": "bench-receiver"}
@@ -52,6 +56,8 @@ async def tracing_cost(prefix: str, workdir: Path, rounds: int = ROUNDS) -> dict
         "on": await serving("service", prefix, workdir, level="warning", **traced_env),
         "tenth": await serving("service", prefix, workdir, level="warning", **deployed),
     }
+    if control:
+        contenders["again"] = await serving("service", prefix, workdir, level="warning")
     best: dict[str, dict[str, Any]] = {}
     rounds_run: list[dict[str, float]] = []
     requests_on = 0
@@ -82,12 +88,14 @@ async def tracing_cost(prefix: str, workdir: Path, rounds: int = ROUNDS) -> dict
             process.terminate()
             await process.wait()
         await sink.close()
+    off = best["off"]["per_second"]
     return {
         "best": best,
-        "on_vs_off": best["on"]["per_second"] / best["off"]["per_second"],
-        "tenth_vs_off": best["tenth"]["per_second"] / best["off"]["per_second"],
+        "on_vs_off": best["on"]["per_second"] / off,
+        "tenth_vs_off": best["tenth"]["per_second"] / off,
+        **({"again_vs_off": best["again"]["per_second"] / off} if control else {}),
         "round_ratios": [
-            {"tenth_vs_off": r["tenth"] / r["off"], "on_vs_off": r["on"] / r["off"]}
+            {f"{name}_vs_off": rate / r["off"] for name, rate in r.items() if name != "off"}
             for r in rounds_run
         ],
         # One span a measured delivery sampled at 100 % (the warm-ups and the 10 % receiver
