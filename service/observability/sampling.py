@@ -145,8 +145,8 @@ def decide(tracer: Any, name: str) -> Kept | str | None:
     """For a new root SERVER span `name`: choose its trace id and ask the sampler.
 
     Returns what the span gets when the sampler keeps it (start an SDK span inside
-    `chosen`, or a recorded one), the `traceparent` to carry when it drops it, or None when this
-    tracer is not the SDK's own (the SDK then decides as usual).
+    `chosen`, or a recorded one), the `traceparent` to carry when it drops it, or None
+    when this tracer is not the SDK's own (the SDK then decides as usual).
     """
     sampler = getattr(tracer, "sampler", None)
     generator = getattr(tracer, "id_generator", None)
