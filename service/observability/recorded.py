@@ -31,8 +31,11 @@ from opentelemetry.trace.status import Status, StatusCode
 from opentelemetry.util import types
 
 from service.observability.handoff import identity, links_of
+from service.observability.sampling import traceparent
 
 Hand = Callable[[tuple[Any, ...]], None]
+# A new span's status: immutable, so one serves every span.
+_UNSET = Status(StatusCode.UNSET)
 
 
 class RecordedSpan(Span):
@@ -52,14 +55,15 @@ class RecordedSpan(Span):
     ) -> None:
         self._name = name
         self._context = context
+        # Its ids as plain values, read once: the record and the message's header use them.
+        self._identity = identity(context, parent)
         self._hand = hand
         self._scope = scope
-        self._kind = kind
-        self._parent = parent
+        self._kind = kind._value_
         self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
         self._events: list[tuple[str, int, dict[str, Any], int]] = []
         self._links: list[Link] = []
-        self._status = Status(StatusCode.UNSET)
+        self._status = _UNSET
         self._start = start_time if start_time is not None else time.time_ns()
         self._end: int | None = None
 
@@ -68,6 +72,15 @@ class RecordedSpan(Span):
 
     def get_span_context(self) -> SpanContext:
         return self._context
+
+    def traceparent(self) -> str:
+        """This span's W3C `traceparent` header."""
+        trace_id, span_id, flags = self._identity[:3]
+        return traceparent(trace_id, span_id, flags)
+
+    def tracestate(self) -> str | None:
+        """This span's W3C `tracestate` header, or None when its trace state is empty."""
+        return self._context.trace_state.to_header() if self._identity[3] else None
 
     def is_recording(self) -> bool:
         return self._end is None
@@ -149,17 +162,21 @@ class RecordedSpan(Span):
 
     def record(self) -> tuple[Any, ...]:
         """The span as `handoff.compact` lays one out; nothing dropped yet."""
+        status = self._status
+        code, description = (
+            (0, None) if status is _UNSET else (status.status_code._value_, status.description)
+        )
         return (
             self._name,
-            *identity(self._context, self._parent),
-            self._kind.value,
+            *self._identity,
+            self._kind,
             self._start,
             self._end,
             self._attributes,
             tuple(self._events),
             links_of(self._links) if self._links else (),
-            self._status.status_code.value,
-            self._status.description,
+            code,
+            description,
             self._scope,
             0,
             0,

@@ -19,7 +19,8 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from service.observability import tracing
-from service.observability.sampling import dropped, ids, recording, traceparent
+from service.observability.recorded import RecordedSpan
+from service.observability.sampling import dropped, ids, recording
 from service.shared.bus import Outgoing
 from service.shared.errors import PublishFailed
 
@@ -83,16 +84,16 @@ async def store(
     return where, cause
 
 
-def _carry(span: Any, headers: dict[str, Any]) -> None:
+def _carry(span: RecordedSpan, headers: dict[str, Any]) -> None:
     """A recorded span's context into `headers`, as the configured propagators would write it."""
     if not tracing.w3c_propagation():
         propagate.inject(headers, context=trace.set_span_in_context(span))
         return
     # W3C trace context (and baggage, which a delivery of our own trace has none of).
-    ids = span.get_span_context()
-    headers["traceparent"] = traceparent(ids.trace_id, ids.span_id, int(ids.trace_flags))
-    if ids.trace_state:
-        headers["tracestate"] = ids.trace_state.to_header()
+    headers["traceparent"] = span.traceparent()
+    state = span.tracestate()
+    if state is not None:
+        headers["tracestate"] = state
 
 
 def carried_unsampled(message: Outgoing) -> bool:
