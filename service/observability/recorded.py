@@ -59,7 +59,7 @@ class RecordedSpan(Span):
         self._identity = identity(context, parent)
         self._hand = hand
         self._scope = scope
-        self._kind = kind._value_
+        self._kind_value = kind._value_
         self._attributes: dict[str, Any] = dict(attributes) if attributes else {}
         self._events: list[tuple[str, int, dict[str, Any], int]] = []
         self._links: list[Link] = []
@@ -169,7 +169,7 @@ class RecordedSpan(Span):
         return (
             self._name,
             *self._identity,
-            self._kind,
+            self._kind_value,
             self._start,
             self._end,
             self._attributes,
